@@ -1,0 +1,75 @@
+"""Learning-rate schedules as pure functions of the step (science.md section 4).
+
+`lr_factor(step, total, ...)` gives the multiplier of the peak LR used by optimizer step
+`step` (0-based) of a run of `total` steps. Warmup is linear over `warmup` steps:
+factor (step + 1) / warmup.
+
+WSD: the decay covers the last `decay_steps(total, f)` steps; before them the factor is 1,
+independent of `total`, which is what lets one stable-phase trunk serve every budget.
+Decay progress x runs from 1/decay_steps to 1 over the decay, and with r = final fraction:
+  linear       1 - (1 - r) x
+  cosine       r + (1 - r) (1 + cos(pi x)) / 2
+  1-sqrt       1 - (1 - r) sqrt(x)
+  exponential  r^x                       (MiniCPM's geometric decay, ending at r)
+Cosine: r + (1 - r) (1 + cos(pi p)) / 2 with p the progress after warmup, ending at r.
+Multi-step (DeepSeek LLM): 1 until 80% of the steps, 0.316 until 90%, then 0.1.
+"""
+
+from __future__ import annotations
+
+import math
+
+SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
+
+
+def decay_steps(total: int, fraction: float) -> int:
+    """Steps in the WSD decay phase of a `total`-step run (at least 1)."""
+    return max(1, round(total * fraction))
+
+
+def decay_start(total: int, fraction: float) -> int:
+    """First step of the WSD decay: the fork point of a branch of this length."""
+    return total - decay_steps(total, fraction)
+
+
+def decay_factor(x: float, shape: str, final: float) -> float:
+    """Multiplier at decay progress x in [0, 1] for a decay from 1 to `final`."""
+    if shape == "linear":
+        return 1 - (1 - final) * x
+    if shape == "cosine":
+        return final + (1 - final) * (1 + math.cos(math.pi * x)) / 2
+    if shape == "1-sqrt":
+        return 1 - (1 - final) * math.sqrt(x)
+    if shape == "exponential":
+        return final**x
+    raise ValueError(f"unknown decay shape {shape!r}")
+
+
+def lr_factor(
+    step: int,
+    total: int,
+    name: str,
+    warmup: int = 0,
+    final: float = 0.0,
+    decay_fraction: float = 0.2,
+    shape: str = "1-sqrt",
+) -> float:
+    """Multiplier of the peak LR at optimizer step `step` of a `total`-step run."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if name == "constant":
+        return 1.0
+    if name == "cosine":
+        span = max(1, total - warmup)
+        progress = min(1.0, (step - warmup + 1) / span)
+        return decay_factor(progress, "cosine", final)
+    if name == "wsd":
+        start = decay_start(total, decay_fraction)
+        if step < start:
+            return 1.0
+        return decay_factor((step - start + 1) / decay_steps(total, decay_fraction), shape, final)
+    if name == "multistep":
+        if step < 0.8 * total:
+            return 1.0
+        return 0.316 if step < 0.9 * total else 0.1
+    raise ValueError(f"unknown schedule {name!r}")

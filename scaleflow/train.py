@@ -1,0 +1,344 @@
+"""The trainer: `train(cfg, run_dir)` runs one training run, readable top to bottom.
+
+A run directory holds `config.yaml` (resolved), `metrics.jsonl` (one line per log step),
+`checkpoints/step_XXXXXXXX.pt` and, once the run ends, `summary.json`. Checkpoints hold the
+model, the optimizer, the step and the RNG states; the data of a step is a pure function of
+(seed, step), so a resumed or forked run continues bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from scaleflow import schedules
+from scaleflow.config import Config, run_id, run_section
+from scaleflow.counting import Counts, count
+from scaleflow.data import batch_offsets, check_length, gather, load_corpus, validation_offsets
+from scaleflow.errors import ConfigError, StoreError
+from scaleflow.files import atomic_write, read_jsonl, write_json, write_text
+from scaleflow.model import GPT
+
+DEFAULT_STEPS = 200  # run length when none of trainer.steps/tokens/flops is given
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s
+
+
+@dataclass
+class Plan:
+    """A run's length and shape, derived from its config (all counts resolved)."""
+
+    steps: int
+    warmup: int
+    tokens_per_step: int
+    flops_per_token: float  # with trainer.flop_count
+    counts: Counts
+
+
+def plan_run(cfg) -> Plan:
+    """Steps, warmup and counts of a run. Raises ConfigError for a run shorter than a step."""
+    model_cfg = OmegaConf.to_object(cfg.model) if isinstance(cfg.model, DictConfig) else cfg.model
+    counts = count(model_cfg)
+    t = cfg.trainer
+    tokens_per_step = t.batch_size * cfg.model.seq_len
+    fpt = counts.flops_per_token(t.flop_count)
+    if t.steps:
+        steps = t.steps
+    elif t.tokens:
+        steps = int(t.tokens // tokens_per_step)
+    elif t.flops:
+        steps = int(t.flops / fpt // tokens_per_step)
+    else:
+        steps = DEFAULT_STEPS
+    if steps < 1:
+        raise ConfigError(
+            f"the run length is shorter than one step of {tokens_per_step} tokens "
+            f"({fpt * tokens_per_step:.3g} FLOPs); give a longer trainer.tokens/flops/steps"
+        )
+    s = cfg.schedule
+    if s.warmup_tokens > 0:
+        warmup = math.ceil(s.warmup_tokens / tokens_per_step)
+    elif s.warmup_steps >= 0:
+        warmup = s.warmup_steps
+    else:
+        warmup = max(1, round(0.05 * steps))
+    if s.name == "wsd" and warmup > schedules.decay_start(steps, s.decay_fraction):
+        raise ConfigError(
+            f"a {steps}-step WSD run is shorter than its warmup ({warmup} steps) plus decay "
+            f"({schedules.decay_steps(steps, s.decay_fraction)} steps)"
+        )
+    return Plan(steps, min(warmup, steps), tokens_per_step, fpt, counts)
+
+
+def lr_at(cfg, plan: Plan, step: int) -> float:
+    s = cfg.schedule
+    factor = schedules.lr_factor(
+        step, plan.steps, s.name, plan.warmup, s.final_lr_fraction, s.decay_fraction, s.decay_shape
+    )
+    return cfg.optim.lr * factor
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is available")
+    return torch.device(name)
+
+
+def peak_flops(device: torch.device) -> Optional[float]:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def build_optimizer(model: GPT, cfg, device: torch.device) -> torch.optim.AdamW:
+    o = cfg.optim
+    mults = {"embedding": o.lr_mult_embedding, "hidden": o.lr_mult_hidden,
+             "readout": o.lr_mult_readout, "vector": o.lr_mult_vector}
+    groups = model.param_groups(o.weight_decay, mults)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                             fused=device.type == "cuda")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint file, oldest first."""
+    found = []
+    for path in (run_dir / "checkpoints").glob("step_*.pt"):
+        try:
+            found.append((int(path.stem.split("_")[1]), path))
+        except ValueError:
+            continue
+    return sorted(found)
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, state: dict) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        **state,
+    }
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: Path) -> Optional[dict]:
+    """A checkpoint's contents, or None if it is truncated or corrupt. Never unpickles code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # any unreadable file is treated as absent: fall back to an older one
+        return None
+
+
+def latest_checkpoint(run_dir: Path, at_most: Optional[int] = None) -> Optional[dict]:
+    """The newest readable checkpoint (at or before step `at_most`)."""
+    for step, path in reversed(list_checkpoints(run_dir)):
+        if at_most is not None and step > at_most:
+            continue
+        ckpt = load_checkpoint(path)
+        if ckpt is not None:
+            return ckpt
+    return None
+
+
+def prune_checkpoints(run_dir: Path, keep: int, protected: set[int]) -> None:
+    periodic = [(s, p) for s, p in list_checkpoints(run_dir) if s not in protected]
+    for _, path in periodic[:-keep] if keep > 0 else periodic:
+        path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- training
+
+def evaluate(model, corpus, cfg, device, autocast) -> float:
+    """Mean validation loss over the fixed validation set, in nats per token."""
+    seq = cfg.model.seq_len
+    offsets = validation_offsets(len(corpus.val), seq, cfg.trainer.eval_sequences)
+    micro = max(1, cfg.trainer.batch_size // cfg.trainer.grad_accum)
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad(), autocast():
+        for i in range(0, len(offsets), micro):
+            x, y = gather(corpus.val, offsets[i : i + micro], seq)
+            _, loss = model(x.to(device), y.to(device))
+            total += loss.item() * len(x)
+            n += len(x)
+    model.train()
+    return total / n
+
+
+def train(cfg, run_dir: Path, should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Train one run into `run_dir`; returns its summary (status done, diverged or interrupted).
+
+    `should_stop` is polled between steps: when it returns True the run checkpoints and
+    returns with status "interrupted" (used for Ctrl-C and SLURM preemption).
+    """
+    run_dir = Path(run_dir)
+    started = time.time()
+    plan = plan_run(cfg)
+    device = pick_device(cfg.device)
+    corpus = load_corpus(cfg.data, cfg.model.vocab_size)
+    check_length(corpus, cfg.model.seq_len)
+    this_id = run_id(cfg)
+    _write_config(run_dir, cfg, this_id)
+
+    torch.manual_seed(cfg.seed)
+    model = GPT(OmegaConf.to_object(cfg.model) if isinstance(cfg.model, DictConfig) else cfg.model).to(device)
+    optimizer = build_optimizer(model, cfg, device)
+    bf16 = cfg.trainer.precision == "bf16" or (cfg.trainer.precision == "auto" and device.type == "cuda")
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    step_model = torch.compile(model) if cfg.trainer.compile else model
+
+    t = cfg.trainer
+    metrics_path = run_dir / "metrics.jsonl"
+    fork_steps = {s for s in t.checkpoint_steps if 0 < s <= plan.steps}
+    stop_at = t.stop_at_step if 0 < t.stop_at_step < plan.steps else plan.steps
+    state = {"initial_loss": None, "run_id": this_id}
+    start = 0
+    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is not None:
+        if ckpt.get("run_id") != this_id:
+            raise StoreError(f"{run_dir} holds checkpoints of another config (run {ckpt.get('run_id')}, not {this_id})")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if ckpt["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+        start, state["initial_loss"] = ckpt["step"], ckpt["initial_loss"]
+        _truncate_metrics(metrics_path, start)
+    else:
+        metrics_path.unlink(missing_ok=True)
+        val = evaluate(model, corpus, cfg, device, autocast)
+        _log(metrics_path, {"step": 0, "tokens": 0, "flops": 0.0, "lr": 0.0, "val_loss": val})
+
+    peak = peak_flops(device)
+    micro = t.batch_size // t.grad_accum
+    last_time, last_step = time.time(), start
+    status, diverged_step = "done", None
+    for step in range(start, stop_at):
+        if should_stop():
+            status = "interrupted"
+            break
+        lr = lr_at(cfg, plan, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+        offsets = batch_offsets(cfg.seed, step, t.batch_size, len(corpus.train), cfg.model.seq_len)
+        train_loss = 0.0
+        for m in range(t.grad_accum):
+            x, y = gather(corpus.train, offsets[m * micro : (m + 1) * micro], cfg.model.seq_len)
+            with autocast():
+                _, loss = step_model(x.to(device), y.to(device))
+            (loss / t.grad_accum).backward()
+            train_loss += loss.detach() / t.grad_accum
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        is_last = done == plan.steps
+        if done % t.log_every == 0 or done % t.eval_every == 0 or is_last or done == stop_at or done == 1:
+            loss_value = train_loss.item()  # the one host sync, at log steps only
+            if state["initial_loss"] is None:
+                state["initial_loss"] = loss_value
+            now = time.time()
+            tokens_per_s = (done - last_step) * plan.tokens_per_step / max(now - last_time, 1e-9)
+            last_time, last_step = now, done
+            line = {
+                "step": done,
+                "tokens": done * plan.tokens_per_step,
+                "flops": done * plan.tokens_per_step * plan.flops_per_token,
+                "lr": lr,
+                "train_loss": loss_value,
+                "grad_norm": grad_norm.item(),
+                "tokens_per_s": tokens_per_s,
+                "mfu": tokens_per_s * plan.flops_per_token / peak if peak else None,
+            }
+            if not math.isfinite(loss_value) or loss_value > t.divergence_factor * state["initial_loss"]:
+                line["diverged"] = True
+                _log(metrics_path, line)
+                status, diverged_step = "diverged", done
+                break
+            if done % t.eval_every == 0 or is_last:
+                line["val_loss"] = evaluate(model, corpus, cfg, device, autocast)
+            _log(metrics_path, line)
+        if done % t.checkpoint_every == 0 or done in fork_steps or done == stop_at:
+            save_checkpoint(checkpoint_path(run_dir, done), model, optimizer, done, state)
+            prune_checkpoints(run_dir, t.keep_checkpoints, fork_steps | {stop_at})
+
+    if status == "interrupted":
+        save_checkpoint(checkpoint_path(run_dir, step), model, optimizer, step, state)
+        return {"status": status, "run_id": this_id, "step": step}
+    if status == "done" and stop_at < plan.steps:
+        return {"status": "stopped", "run_id": this_id, "step": stop_at}
+    return _write_summary(run_dir, cfg, plan, corpus, status, diverged_step, this_id, time.time() - started)
+
+
+def _write_config(run_dir: Path, cfg, this_id: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = OmegaConf.to_yaml(cfg) if isinstance(cfg, DictConfig) else OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    path = run_dir / "config.yaml"
+    if not path.exists() or path.read_text() != text:
+        write_text(path, text)
+    write_text(run_dir / "run_id", this_id + "\n")
+
+
+def _log(path: Path, line: dict) -> None:
+    with open(path, "a") as f:
+        f.write(_json_line(line))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_line(line: dict) -> str:
+    return json.dumps(line) + "\n"
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metrics logged up to `step`: the steps after it will be logged again."""
+    kept = [line for line in read_jsonl(path) if line.get("step", 0) <= step]
+    write_text(path, "".join(_json_line(line) for line in kept))
+
+
+def _write_summary(run_dir, cfg, plan: Plan, corpus, status, diverged_step, this_id, wall) -> dict:
+    lines = list(read_jsonl(run_dir / "metrics.jsonl"))
+    evals = [line for line in lines if line.get("val_loss") is not None]
+    final = evals[-1] if evals and status == "done" else None
+    steps_done = lines[-1]["step"] if lines else 0
+    tokens = steps_done * plan.tokens_per_step
+    counts = plan.counts.as_dict()
+    summary = {
+        "status": status,
+        "run_id": this_id,
+        "steps": steps_done,
+        "planned_steps": plan.steps,
+        "tokens": tokens,
+        "flops": tokens * plan.flops_per_token,
+        "flop_count": cfg.trainer.flop_count,
+        "param_count": cfg.trainer.param_count,
+        "params": plan.counts.params(cfg.trainer.param_count),
+        "val_loss": final["val_loss"] if final else None,
+        "val_bpb": final["val_loss"] / math.log(2) if final and corpus.byte_level else None,
+        "initial_val_loss": lines[0].get("val_loss") if lines else None,
+        "diverged_step": diverged_step,
+        "wall_time_s": wall,
+        **{k: v for k, v in counts.items() if k.startswith("params_")},
+        **{k: v * tokens for k, v in counts.items() if k.startswith("flops_")},
+    }
+    write_json(run_dir / "summary.json", summary)
+    return summary

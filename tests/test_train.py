@@ -1,0 +1,64 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import metrics_without_timing
+from scaleflow.config import compose_run
+from scaleflow.train import list_checkpoints, train
+
+
+def test_a_100k_model_cuts_its_validation_loss_by_40_percent(tmp_path):
+    # The foundation's acceptance figure: ~100k parameters, 2e11 FLOPs, stdlib corpus, CPU.
+    cfg = compose_run(["trainer.flops=2e11", "trainer.eval_every=1000", "trainer.eval_sequences=32"])
+    summary = train(cfg, tmp_path)
+    assert 80_000 < summary["params_with_head"] < 130_000
+    assert summary["flops"] == pytest.approx(2e11, rel=0.02)
+    assert summary["val_loss"] <= 0.6 * summary["initial_val_loss"]
+    assert summary["initial_val_loss"] == pytest.approx(5.55, abs=0.3)  # about ln 256
+
+
+def test_run_directory_contents(tmp_path, tiny_overrides):
+    cfg = compose_run(tiny_overrides + ["trainer.steps=20", "trainer.log_every=5", "trainer.eval_every=10",
+                                        "trainer.checkpoint_every=10"])
+    summary = train(cfg, tmp_path)
+    assert (tmp_path / "config.yaml").exists()
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    lines = metrics_without_timing(tmp_path)
+    assert [x["step"] for x in lines] == [0, 1, 5, 10, 15, 20]
+    assert {"step", "tokens", "flops", "lr", "train_loss", "grad_norm"} <= set(lines[1])
+    assert [x["step"] for x in lines if "val_loss" in x] == [0, 10, 20]
+    assert summary["tokens"] == 20 * 8 * 32
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [10, 20]
+
+
+def _worker(run_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "SCALEFLOW_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "scaleflow.worker", str(run_dir)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_sigkill_after_a_checkpoint_then_resume_is_bit_for_bit(tmp_path, tiny_overrides):
+    overrides = tiny_overrides + ["trainer.steps=120", "trainer.log_every=5", "trainer.eval_every=20",
+                                  "trainer.checkpoint_every=20", "resume=true"]
+    cfg = compose_run(overrides)
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    for run_dir in (reference, killed):
+        run_dir.mkdir()
+        (run_dir / "config.yaml").write_text(__import__("omegaconf").OmegaConf.to_yaml(cfg))
+    assert _worker(reference).wait(timeout=120) == 0
+
+    proc = _worker(killed)
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(killed) and time.monotonic() < deadline:
+        time.sleep(0.02)  # waiting for a condition, not timing anything
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    assert _worker(killed).wait(timeout=120) == 0
+    assert metrics_without_timing(killed) == metrics_without_timing(reference)
