@@ -25,8 +25,9 @@ app = typer.Typer(
 )
 sweep_app = typer.Typer(help="Run a study: an IsoFLOP grid or an LR x batch-size grid.", no_args_is_help=True)
 app.add_typer(sweep_app, name="sweep")
-console = Console()
-err_console = Console(stderr=True)
+# Wide enough for plan tables when output goes to a file or a pipe.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="Hydra overrides, e.g. model.d_model=64 seed=1", show_default=False)]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan and its cost; launch nothing.")]
@@ -59,6 +60,115 @@ def train(overrides: Overrides = None) -> None:
     console.print(_table(f"run {summary['run_id']}: {summary['status']}", rows, ["field", "value"]))
     if summary["status"] != "done":
         raise typer.Exit(1)
+
+
+def _study_and_overrides(args: Optional[list[str]], default: str) -> tuple[str, list[str]]:
+    """STUDY is optional: the first argument unless it is an override (contains '=')."""
+    args = list(args or [])
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return default, args
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _print_plan(specs, throughput: float, title: str) -> None:
+    from scaleflow.sweep import plan_rows
+
+    rows = plan_rows(specs, throughput)
+    columns = ["run", "N", "D", "D/N", "steps", "batch", "lr", "FLOPs", "est_s"]
+    console.print(_table(title, [tuple(_fmt(r[c]) for c in columns) for r in rows], columns))
+    flops = sum(r["FLOPs"] for r in rows)
+    console.print(f"[bold]{len(rows)} runs, {flops:.3g} FLOPs, about {flops / throughput / 60:.1f} min "
+                  f"at {throughput:.3g} FLOP/s (study.throughput), one run at a time[/]")
+
+
+def _run_sweep(kind: str, args: Optional[list[str]], default: str, dry_run: bool, force: bool) -> None:
+    from scaleflow.config import compose_study
+    from scaleflow.store import study_dir_for
+    from scaleflow.sweep import plan_study, sweep
+
+    study, overrides = _study_and_overrides(args, default)
+    cfg = compose_study(study, overrides)
+    if dry_run:
+        specs = plan_study(cfg, kind)
+        _print_plan(specs, cfg.study.throughput, f"{cfg.study.name}: plan (dry run, nothing launched)")
+        console.print(f"study directory: {study_dir_for(cfg)}")
+        return
+    report = sweep(cfg, kind, force=force, console=console)
+    _print_outcome(report)
+
+
+def _print_outcome(report) -> None:
+    out = report.outcome
+    console.print(f"study {report.study_dir}: {len(report.specs)} runs, {report.skipped_done} already finished, "
+                  f"{report.launched} launched")
+    if out is None:
+        return
+    if out.submitted:
+        console.print(f"submitted SLURM job(s) {', '.join(out.submitted)}; follow with: scaleflow status {report.study_dir}")
+    if out.busy:
+        console.print(f"{len(out.busy)} run(s) were being trained by another process and were left to it")
+    if out.interrupted:
+        err_console.print(f"interrupted: every run checkpointed; run the same command again to resume")
+        raise typer.Exit(130)
+    if out.failed:
+        err_console.print(f"{len(out.failed)} job(s) failed: {', '.join(out.failed[:5])}; see worker.log in their run directories")
+        raise typer.Exit(1)
+
+
+StudyArgs = Annotated[Optional[list[str]], typer.Argument(help="[STUDY] then Hydra overrides; STUDY is a name from sweeps/ or a YAML path", show_default=False)]
+
+
+@sweep_app.command("isoflop")
+def sweep_isoflop(args: StudyArgs = None, dry_run: DryRun = False, force: Force = False) -> None:
+    """IsoFLOP grid: each budget, a ladder of model sizes with tokens = C / (FLOPs per token)."""
+    _run_sweep("isoflop", args, "isoflop_cpu", dry_run, force)
+
+
+@sweep_app.command("lr-bs")
+def sweep_lr_bs(args: StudyArgs = None, dry_run: DryRun = False, force: Force = False) -> None:
+    """Learning-rate x batch-size grid at several budgets (DeepSeek LLM style)."""
+    _run_sweep("lr_bs", args, "lr_bs_cpu", dry_run, force)
+
+
+@app.command()
+def status(study_dir: Annotated[Path, typer.Argument(help="a study directory, e.g. runs/isoflop_cpu")]) -> None:
+    """Every run's state, progress, last loss and job id; exit 1 if any run failed."""
+    from scaleflow.launch.slurm import queue_states
+    from scaleflow.store import study_states
+
+    states = study_states(study_dir, queue_states())
+    rows = [(s.run_dir.name, s.kind, s.label, s.state, f"{s.step}/{s.steps}",
+             _fmt(s.last_loss) if s.last_loss is not None else "-", s.job_id or "-") for s in states]
+    console.print(_table(f"{study_dir}", rows, ["run", "kind", "label", "state", "progress", "last loss", "job"]))
+    counts = {name: sum(s.state == name for s in states) for name in dict.fromkeys(s.state for s in states)}
+    console.print(", ".join(f"{n} {name}" for name, n in counts.items()) or "no runs")
+    _print_branch_accounting(study_dir)
+    if counts.get("failed"):
+        raise typer.Exit(1)
+
+
+def _print_branch_accounting(study_dir: Path) -> None:
+    """Hook for decay-branch studies (filled in by scaleflow.branches when present)."""
+
+
+@app.command()
+def collect(study_dir: Annotated[Path, typer.Argument(help="a study directory")]) -> None:
+    """Gather finished runs into runs.parquet / runs.csv (and curves.parquet) in the study directory."""
+    from scaleflow.store import collect as collect_runs, write_collected
+
+    collected = collect_runs(study_dir)
+    paths = write_collected(study_dir, collected)
+    for warning in collected.warnings:
+        err_console.print(f"warning: {warning}")
+    console.print(f"{len(collected.runs)} runs collected into {', '.join(str(p) for p in paths)}")
 
 
 def main() -> None:

@@ -144,8 +144,6 @@ class TrainerConfig:
     log_every: int = 10  # steps between metrics.jsonl lines
     checkpoint_every: int = 100  # steps between checkpoints
     keep_checkpoints: int = 2  # periodic checkpoints kept (fork checkpoints are always kept)
-    checkpoint_steps: list[int] = field(default_factory=list)  # extra steps to checkpoint at
-    stop_at_step: int = 0  # stop (after checkpointing) at this step; 0 = run to the end
     divergence_factor: float = 3.0  # stop as diverged if train loss > factor x initial loss
     noise_scale: bool = False  # log the gradient noise scale (needs grad_accum >= 2)
     compile: bool = False  # torch.compile the model (CUDA)
@@ -224,6 +222,8 @@ class Config:
 # --------------------------------------------------------------------------- composition
 
 _RUN_KEYS = ("seed", "model", "data", "optim", "schedule", "trainer")
+# Bookkeeping that does not change a run's result, so not part of its identity.
+_UNHASHED_TRAINER_KEYS = ("checkpoint_every", "keep_checkpoints", "log_every")
 
 
 def _register_schema() -> None:
@@ -362,9 +362,15 @@ def run_section(cfg: Any) -> dict:
     return {k: container[k] for k in _RUN_KEYS}
 
 
+def _identity(cfg: Any) -> dict:
+    section = run_section(cfg)
+    section["trainer"] = {k: v for k, v in section["trainer"].items() if k not in _UNHASHED_TRAINER_KEYS}
+    return section
+
+
 def run_id(cfg: Any) -> str:
     """A short, stable hash of the run-defining config (not paths, device, launcher)."""
-    blob = json.dumps(run_section(cfg), sort_keys=True, default=str)
+    blob = json.dumps(_identity(cfg), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

@@ -182,11 +182,23 @@ def evaluate(model, corpus, cfg, device, autocast) -> float:
     return total / n
 
 
-def train(cfg, run_dir: Path, should_stop: Callable[[], bool] = lambda: False) -> dict:
-    """Train one run into `run_dir`; returns its summary (status done, diverged or interrupted).
+def train(
+    cfg,
+    run_dir: Path,
+    should_stop: Callable[[], bool] = lambda: False,
+    until: int = 0,
+    fork_steps: tuple[int, ...] = (),
+    init_from: Optional["Fork"] = None,
+) -> dict:
+    """Train one run into `run_dir`; returns its summary (status done or diverged) or, for a
+    run that stopped early, {"status": "interrupted" | "stopped", "step": ...}.
 
-    `should_stop` is polled between steps: when it returns True the run checkpoints and
-    returns with status "interrupted" (used for Ctrl-C and SLURM preemption).
+    should_stop: polled between steps; when True the run checkpoints and returns "interrupted"
+      (Ctrl-C, SLURM preemption).
+    until: stop (checkpointed) after this many steps, status "stopped"; 0 = the whole run.
+    fork_steps: steps whose checkpoints are kept for decay branches.
+    init_from: (decay branches) the parent trunk's checkpoint to start from when the run has
+      none of its own; the trunk's metrics up to the fork are copied in.
     """
     run_dir = Path(run_dir)
     started = time.time()
@@ -206,14 +218,16 @@ def train(cfg, run_dir: Path, should_stop: Callable[[], bool] = lambda: False) -
 
     t = cfg.trainer
     metrics_path = run_dir / "metrics.jsonl"
-    fork_steps = {s for s in t.checkpoint_steps if 0 < s <= plan.steps}
-    stop_at = t.stop_at_step if 0 < t.stop_at_step < plan.steps else plan.steps
+    fork_steps = {s for s in fork_steps if 0 < s <= plan.steps}
+    stop_at = until if 0 < until < plan.steps else plan.steps
     state = {"initial_loss": None, "run_id": this_id}
     start = 0
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is not None and ckpt.get("run_id") != this_id:
+        raise StoreError(f"{run_dir} holds checkpoints of another config (run {ckpt.get('run_id')}, not {this_id})")
+    if ckpt is None and init_from is not None:
+        ckpt = _fork(init_from, metrics_path)
     if ckpt is not None:
-        if ckpt.get("run_id") != this_id:
-            raise StoreError(f"{run_dir} holds checkpoints of another config (run {ckpt.get('run_id')}, not {this_id})")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng_cpu"])
@@ -289,6 +303,28 @@ def train(cfg, run_dir: Path, should_stop: Callable[[], bool] = lambda: False) -
     return _write_summary(run_dir, cfg, plan, corpus, status, diverged_step, this_id, time.time() - started)
 
 
+@dataclass(frozen=True)
+class Fork:
+    """Where a decay branch starts: its trunk's run directory, run id and fork step."""
+
+    trunk_dir: Path
+    trunk_id: str
+    step: int
+
+
+def _fork(fork: Fork, metrics_path: Path) -> dict:
+    """A branch's starting state: the trunk's checkpoint at the fork, and its metrics so far."""
+    ckpt = load_checkpoint(checkpoint_path(Path(fork.trunk_dir), fork.step))
+    if ckpt is None:
+        raise StoreError(f"the fork checkpoint of trunk {fork.trunk_id} at step {fork.step} is missing or unreadable")
+    if ckpt.get("run_id") != fork.trunk_id:
+        raise StoreError(f"{fork.trunk_dir} holds trunk {ckpt.get('run_id')}, not the branch's parent {fork.trunk_id}")
+    trunk_metrics = Path(fork.trunk_dir) / "metrics.jsonl"
+    kept = [line for line in read_jsonl(trunk_metrics) if line.get("step", 0) <= ckpt["step"]]
+    write_text(metrics_path, "".join(_json_line(line) for line in kept))
+    return ckpt
+
+
 def _write_config(run_dir: Path, cfg, this_id: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     text = OmegaConf.to_yaml(cfg) if isinstance(cfg, DictConfig) else OmegaConf.to_yaml(OmegaConf.structured(cfg))
@@ -337,6 +373,19 @@ def _write_summary(run_dir, cfg, plan: Plan, corpus, status, diverged_step, this
         "initial_val_loss": lines[0].get("val_loss") if lines else None,
         "diverged_step": diverged_step,
         "wall_time_s": wall,
+        # The settings the collector needs, so that it never has to parse config.yaml.
+        "seed": cfg.seed,
+        "lr": cfg.optim.lr,
+        "batch_size": cfg.trainer.batch_size,
+        "batch_tokens": plan.tokens_per_step,
+        "seq_len": cfg.model.seq_len,
+        "n_layer": cfg.model.n_layer,
+        "d_model": cfg.model.d_model,
+        "n_head": cfg.model.n_head,
+        "parametrization": cfg.model.parametrization,
+        "schedule": cfg.schedule.name,
+        "decay_shape": cfg.schedule.decay_shape if cfg.schedule.name == "wsd" else None,
+        "decay_fraction": cfg.schedule.decay_fraction if cfg.schedule.name == "wsd" else None,
         **{k: v for k, v in counts.items() if k.startswith("params_")},
         **{k: v * tokens for k, v in counts.items() if k.startswith("flops_")},
     }

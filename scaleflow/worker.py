@@ -7,6 +7,7 @@ checkpoint, and on SIGINT/SIGTERM/SIGUSR2 checkpoints at the next step boundary 
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import signal
@@ -61,45 +62,56 @@ def stop_on_signals(flag: StopFlag):
             signal.signal(s, handler)
 
 
-def train_interruptible(cfg, run_dir: Path) -> dict:
+def train_interruptible(cfg, run_dir: Path, **train_args) -> dict:
     """Train under the run's lock; a stop signal checkpoints and returns status interrupted."""
     from scaleflow.train import train
 
     run_dir = Path(run_dir)
     with run_lock(run_dir), stop_on_signals(StopFlag()) as flag:
-        return train(cfg, run_dir, should_stop=flag)
+        return train(cfg, run_dir, should_stop=flag, **train_args)
 
 
-def execute_run(run_dir: Path, threads: int = 0) -> dict:
-    """Train (or resume) the run whose config.yaml is in `run_dir`."""
+def execute_run(run_dir: Path, threads: int = 0, until: int = 0) -> dict:
+    """Train (or resume) the run whose config.yaml is in `run_dir`.
+
+    Its run.json (written by the run store) says where a decay branch forks from and which
+    fork checkpoints a trunk keeps.
+    """
     import torch
 
     from scaleflow.config import load_run_config
+    from scaleflow.files import read_json
+    from scaleflow.train import Fork
 
     run_dir = Path(run_dir)
     if threads > 0:
         torch.set_num_threads(threads)
     cfg = load_run_config(run_dir / "config.yaml")
     cfg.resume = True
-    return train_interruptible(cfg, run_dir)
+    meta = read_json(run_dir / "run.json") or {}
+    fork = None
+    if meta.get("parent"):
+        fork = Fork(run_dir.parent / meta["parent"], meta["parent"], int(meta["fork_step"]))
+    return train_interruptible(cfg, run_dir, until=until, fork_steps=tuple(meta.get("fork_steps", ())), init_from=fork)
 
 
 def main(argv: list[str]) -> int:
-    if not argv:
-        print("usage: python -m scaleflow.worker RUN_DIR [THREADS]", file=sys.stderr)
-        return 2
-    threads = int(argv[1]) if len(argv) > 1 else int(os.environ.get("SCALEFLOW_THREADS", "0"))
+    parser = argparse.ArgumentParser(prog="python -m scaleflow.worker", description="Train one run directory.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("SCALEFLOW_THREADS", "0")))
+    parser.add_argument("--until", type=int, default=0, help="stop, checkpointed, after this many steps")
+    args = parser.parse_args(argv)
     try:
-        summary = execute_run(Path(argv[0]), threads)
+        summary = execute_run(args.run_dir, args.threads, args.until)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BUSY if "another process" in str(exc) else 2
     except ScaleflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if summary["status"] in ("interrupted", "stopped"):
-        return EXIT_INTERRUPTED if summary["status"] == "interrupted" else 0
-    return 0 if summary["status"] in ("done", "diverged") else 1
+    if summary["status"] == "interrupted":
+        return EXIT_INTERRUPTED
+    return 0 if summary["status"] in ("done", "diverged", "stopped") else 1
 
 
 if __name__ == "__main__":

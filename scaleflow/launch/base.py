@@ -1,0 +1,51 @@
+"""The launcher interface. A Job trains (part of) one run directory with scaleflow.worker."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+
+
+@dataclass(eq=False)
+class Job:
+    run_dir: Path
+    label: str = ""
+    steps: int = 0  # steps this job trains, for progress
+    until: int = 0  # stop, checkpointed, after this many steps (a trunk segment); 0 = to the end
+    after: Optional["Job"] = None  # start only once this job has succeeded (SLURM afterok)
+    ready: Optional[Callable[[], bool]] = None  # local: start only once this holds
+    job_id: Optional[str] = field(default=None)  # set by the SLURM launcher
+
+    def command(self, python: str = "", threads: int = 0) -> list[str]:
+        cmd = [python or sys.executable, "-m", "scaleflow.worker", str(self.run_dir)]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        if self.until:
+            cmd += ["--until", str(self.until)]
+        return cmd
+
+
+@dataclass
+class LaunchOutcome:
+    finished: int = 0  # jobs that ended successfully
+    failed: list[str] = field(default_factory=list)  # labels of jobs that failed
+    busy: list[str] = field(default_factory=list)  # runs another process was already training
+    submitted: list[str] = field(default_factory=list)  # SLURM job ids (returns at once)
+    interrupted: bool = False
+
+
+class Launcher(Protocol):
+    def launch(self, jobs: list[Job]) -> LaunchOutcome: ...
+
+
+def make_launcher(cfg, console=None) -> Launcher:
+    """The launcher a config names (launcher.name = local | slurm)."""
+    if cfg.name == "slurm":
+        from scaleflow.launch.slurm import SlurmLauncher
+
+        return SlurmLauncher(cfg)
+    from scaleflow.launch.local import LocalLauncher
+
+    return LocalLauncher(cfg, console)

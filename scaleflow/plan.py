@@ -1,0 +1,187 @@
+"""Planners: turn a study config into run specs. Pure and fast: no I/O, no torch.
+
+- `isoflop(cfg)`: for each FLOP budget C, each model of the ladder with
+  D = C / (FLOPs per token) tokens, rounded down to whole batches; models whose run would be
+  shorter than `study.min_steps` steps are left out of that budget.
+- `lr_bs(cfg)`: for each budget, a grid of peak LR x batch size (sequences) for the budget's
+  model (one shape for every budget, or one per budget).
+- `decay_branches` lives in scaleflow/branches.py.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from scaleflow.config import ModelConfig, run_id
+from scaleflow.counting import Counts, count
+from scaleflow.errors import ConfigError
+
+_MODEL_KEYS = {f.name for f in fields(ModelConfig)}
+
+
+@dataclass
+class RunSpec:
+    """One run of a study: its resolved config and its place in the study."""
+
+    config: dict  # the full resolved config (plain containers)
+    run_id: str
+    counts: Counts
+    steps: int
+    tokens_per_step: int
+    kind: str = "run"  # run | trunk | branch
+    budget: Optional[float] = None  # the study budget this run belongs to, FLOPs
+    label: str = ""
+    parent: Optional[str] = None  # branches: the trunk's run id
+    fork_step: Optional[int] = None  # branches: the trunk step they start from
+    fork_steps: list[int] = field(default_factory=list)  # trunks: checkpoints kept for branches
+    start_step: int = 0  # steps not trained by this run (a branch's share of its trunk)
+
+    @property
+    def params(self) -> int:
+        return self.counts.params(self.config["trainer"]["param_count"])
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.tokens_per_step
+
+    @property
+    def flops_per_token(self) -> float:
+        return self.counts.flops_per_token(self.config["trainer"]["flop_count"])
+
+    @property
+    def flops(self) -> float:
+        """Training FLOPs of the whole run (with trainer.flop_count)."""
+        return self.tokens * self.flops_per_token
+
+    @property
+    def own_flops(self) -> float:
+        """FLOPs this run itself spends (a branch reuses its trunk's first steps)."""
+        return (self.steps - self.start_step) * self.tokens_per_step * self.flops_per_token
+
+    def meta(self) -> dict:
+        """What run.json records."""
+        return {
+            "run_id": self.run_id, "kind": self.kind, "budget": self.budget, "label": self.label,
+            "parent": self.parent, "fork_step": self.fork_step, "fork_steps": self.fork_steps,
+            "steps": self.steps,
+        }
+
+
+def model_config(shape: dict) -> ModelConfig:
+    """A validated ModelConfig; unknown keys are an error."""
+    unknown = set(shape) - _MODEL_KEYS
+    if unknown:
+        raise ConfigError(f"unknown model key(s) in the ladder: {', '.join(sorted(unknown))}")
+    return ModelConfig(**shape)
+
+
+def ladder(cfg) -> list[dict]:
+    """The study's model shapes (model.* dicts): explicit `study.shapes` or the width/depth rule."""
+    s, base = cfg.study, _plain(cfg.model)
+    if s.shapes:
+        shapes = [{**base, **_plain(shape)} for shape in s.shapes]
+    else:
+        shapes = [
+            {**base, "d_model": w, "n_layer": d, "n_head": max(1, w // s.head_size)}
+            for d in s.depths for w in s.widths if s.aspect_min <= w / d <= s.aspect_max
+        ]
+    if not shapes:
+        raise ConfigError("the model ladder is empty: give study.shapes, or study.widths and study.depths "
+                          "with an aspect range that keeps some")
+    for shape in shapes:
+        model_config(shape)
+    return shapes
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else copy.deepcopy(node)
+
+
+def _check_budgets(cfg) -> list[float]:
+    budgets = [float(b) for b in cfg.study.budgets]
+    if not budgets:
+        raise ConfigError("the study has no budgets: set study.budgets=[...] (training FLOPs)")
+    bad = [b for b in budgets if not b > 0]
+    if bad:
+        raise ConfigError(f"budgets must be positive FLOP counts, got {bad[0]}")
+    return budgets
+
+
+def make_spec(base: dict, shape: dict, steps: int, **meta) -> RunSpec:
+    """A run spec: `base` config with a model shape and a length in steps."""
+    config = copy.deepcopy(base)
+    config["model"] = shape
+    config["trainer"].update(steps=steps, tokens=0.0, flops=0.0)
+    config["run_dir"] = config["study_dir"] = ""
+    counts = count(model_config(shape))
+    return RunSpec(config, run_id(config), counts, steps, config["trainer"]["batch_size"] * shape["seq_len"], **meta)
+
+
+def _label(counts: Counts, param_count: str, budget: float) -> str:
+    n = counts.params(param_count)
+    return f"C={budget:.3g} N={n / 1e3:.1f}k" if n < 1e6 else f"C={budget:.3g} N={n / 1e6:.1f}M"
+
+
+def isoflop(cfg) -> list[RunSpec]:
+    """IsoFLOP grid: every ladder model at every budget, D = C / (FLOPs per token)."""
+    budgets, shapes = _check_budgets(cfg), ladder(cfg)
+    base, t = _plain(cfg), cfg.trainer
+    specs = []
+    for budget in budgets:
+        for shape in shapes:
+            counts = count(model_config(shape))
+            steps = int(budget / counts.flops_per_token(t.flop_count) // (t.batch_size * shape["seq_len"]))
+            if steps < cfg.study.min_steps:
+                continue
+            tokens_per_param = steps * t.batch_size * shape["seq_len"] / counts.params(t.param_count)
+            if cfg.study.max_tokens_per_param and tokens_per_param > cfg.study.max_tokens_per_param:
+                continue
+            specs.append(make_spec(base, shape, steps, budget=budget, label=_label(counts, t.param_count, budget)))
+    _check_nonempty(specs, budgets, cfg)
+    return specs
+
+
+def lr_bs(cfg) -> list[RunSpec]:
+    """DeepSeek-style grid: peak LR x batch size at each budget, for the budget's model."""
+    budgets, shapes = _check_budgets(cfg), ladder(cfg)
+    s = cfg.study
+    if len(shapes) not in (1, len(budgets)):
+        raise ConfigError(f"an lr_bs study needs one model shape, or one per budget ({len(budgets)}), not {len(shapes)}")
+    if not s.lrs or not s.batch_sizes:
+        raise ConfigError("an lr_bs study needs study.lrs and study.batch_sizes")
+    if min(s.lrs) <= 0 or min(s.batch_sizes) < 1:
+        raise ConfigError("study.lrs and study.batch_sizes must be positive")
+    base = _plain(cfg)
+    specs = []
+    for i, budget in enumerate(budgets):
+        shape = shapes[i if len(shapes) > 1 else 0]
+        counts = count(model_config(shape))
+        for batch in s.batch_sizes:
+            steps = int(budget / counts.flops_per_token(cfg.trainer.flop_count) // (batch * shape["seq_len"]))
+            if steps < s.min_steps:
+                continue
+            for lr in s.lrs:
+                run_base = copy.deepcopy(base)
+                run_base["optim"]["lr"] = float(lr)
+                run_base["trainer"]["batch_size"] = int(batch)
+                label = f"C={budget:.3g} lr={lr:.3g} B={batch}"
+                specs.append(make_spec(run_base, shape, steps, budget=budget, label=label))
+    _check_nonempty(specs, budgets, cfg)
+    return specs
+
+
+def _check_nonempty(specs: list[RunSpec], budgets: list[float], cfg) -> None:
+    if not specs:
+        raise ConfigError(
+            f"every budget ({', '.join(f'{b:.3g}' for b in budgets)} FLOPs) is too small for every model: "
+            f"no run reaches study.min_steps={cfg.study.min_steps} steps"
+        )
+    if len({s.run_id for s in specs}) != len(specs):
+        seen: dict[str, RunSpec] = {}
+        for spec in specs:
+            seen.setdefault(spec.run_id, spec)
+        specs[:] = list(seen.values())

@@ -1,0 +1,245 @@
+"""The run store: a study directory of run directories, their states, and the collector.
+
+    runs/<study>/
+      study.json              the study's name and kind
+      <run_id>/config.yaml    the run's resolved config (its id is a hash of it)
+      <run_id>/run.json       its place in the study: kind, budget, parent trunk, fork step
+      <run_id>/job.json       the launcher's record: local pid and exit code, or SLURM job id
+      <run_id>/metrics.jsonl, checkpoints/, summary.json   written by the trainer
+
+A run's state comes from its own directory first (summary, lock, job record) and from the
+scheduler second, so `squeue` alone is enough on clusters without accounting.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from omegaconf import OmegaConf
+
+from scaleflow.errors import StoreError
+from scaleflow.files import read_json, read_jsonl, write_json, write_text
+from scaleflow.plan import RunSpec
+
+STATES = ("planned", "queued", "running", "stopped", "done", "failed", "diverged")
+_ID = re.compile(r"^[0-9a-f]{10}$")
+
+
+def study_dir_for(cfg) -> Path:
+    """Where a study lives: study_dir=..., else runs/<study name>. Names cannot escape runs/."""
+    if cfg.study_dir:
+        return Path(cfg.study_dir)
+    name = cfg.study.name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise StoreError(f"study.name={name!r} must be a plain name (letters, digits, _ . -), not a path")
+    return Path("runs") / name
+
+
+def _safe_run_dir(study_dir: Path, run_id: str) -> Path:
+    if not _ID.match(run_id):
+        raise StoreError(f"{run_id!r} is not a run id")
+    return study_dir / run_id
+
+
+def register(study_dir: Path, specs: Iterable[RunSpec], study_name: str, kind: str, force: bool = False) -> list[Path]:
+    """Create run directories for new specs; returns every spec's directory.
+
+    A finished run is never touched, unless `force`, which archives its results to
+    `<run>/previous/` first rather than deleting them.
+    """
+    study_dir.mkdir(parents=True, exist_ok=True)
+    info = read_json(study_dir / "study.json")
+    if info is None:
+        write_json(study_dir / "study.json", {"name": study_name, "kind": kind})
+    dirs = []
+    for spec in specs:
+        run_dir = _safe_run_dir(study_dir, spec.run_id)
+        run_dir.mkdir(exist_ok=True)
+        if not (run_dir / "config.yaml").exists():
+            write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(spec.config)))
+        meta = read_json(run_dir / "run.json")
+        wanted = {**spec.meta(), "study": study_name}
+        if meta != wanted:
+            write_json(run_dir / "run.json", wanted)
+        if force and (run_dir / "summary.json").exists():
+            archive(run_dir)
+        dirs.append(run_dir)
+    return dirs
+
+
+def archive(run_dir: Path) -> None:
+    """Move a run's results aside (to previous/<n>/) so that it trains again from scratch."""
+    target = run_dir / "previous" / str(len(list((run_dir / "previous").glob("*"))) if (run_dir / "previous").exists() else 0)
+    target.mkdir(parents=True)
+    for name in ("summary.json", "metrics.jsonl", "checkpoints", "job.json"):
+        if (run_dir / name).exists():
+            shutil.move(str(run_dir / name), str(target / name))
+
+
+def run_dirs(study_dir: Path) -> list[Path]:
+    if not Path(study_dir).is_dir():
+        raise StoreError(f"{study_dir} is not a study directory")
+    return sorted(p for p in Path(study_dir).iterdir() if p.is_dir() and _ID.match(p.name))
+
+
+def is_locked(run_dir: Path) -> bool:
+    """True while a worker holds the run's lock (it is training)."""
+    try:
+        fd = os.open(run_dir / ".lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class RunState:
+    run_dir: Path
+    state: str
+    kind: str
+    label: str
+    step: int  # last logged step
+    steps: int  # planned steps
+    last_loss: Optional[float]
+    job_id: Optional[str]
+    budget: Optional[float]
+    parent: Optional[str]
+
+    @property
+    def progress(self) -> float:
+        return self.step / self.steps if self.steps else 0.0
+
+
+def last_metrics(run_dir: Path) -> Optional[dict]:
+    """The last valid metrics line (cheap: reads the file's tail)."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    import json
+
+    for line in reversed(tail):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and "step" in obj:
+            return obj
+    return None
+
+
+def run_state(run_dir: Path, scheduler_states: Optional[dict[str, str]] = None) -> RunState:
+    """A run's state from its directory, then from the scheduler (job id -> squeue state)."""
+    meta = read_json(run_dir / "run.json") or {}
+    summary = read_json(run_dir / "summary.json")
+    job = read_json(run_dir / "job.json") or {}
+    last = last_metrics(run_dir) or {}
+    loss = last.get("train_loss", last.get("val_loss"))
+    job_id = job.get("job_id")
+    if summary is not None and summary.get("status") in ("done", "diverged"):
+        state = summary["status"]
+        loss = summary.get("val_loss") or loss
+    elif is_locked(run_dir):
+        state = "running"
+    elif job_id and scheduler_states is not None and job_id in scheduler_states:
+        state = "running" if scheduler_states[job_id] in ("RUNNING", "COMPLETING") else "queued"
+    elif job.get("exit_code") == 3 or job.get("state") == "stopped":
+        state = "stopped"
+    elif job.get("exit_code") not in (None, 0) or (job_id and scheduler_states is not None and job.get("launcher") == "slurm"):
+        state = "failed"  # a SLURM job gone from the queue without a summary failed
+    elif last.get("step"):
+        state = "stopped"
+    else:
+        state = "planned"
+    return RunState(run_dir, state, meta.get("kind", "run"), meta.get("label", ""), int(last.get("step", 0)),
+                    int(meta.get("steps", 0)), loss, job_id, meta.get("budget"), meta.get("parent"))
+
+
+def study_states(study_dir: Path, scheduler_states: Optional[dict[str, str]] = None) -> list[RunState]:
+    return [run_state(d, scheduler_states) for d in run_dirs(study_dir)]
+
+
+def write_job(run_dir: Path, **record) -> None:
+    write_json(run_dir / "job.json", record)
+
+
+# ----------------------------------------------------------------------------- collector
+
+@dataclass
+class Collected:
+    runs: "object"  # pandas.DataFrame: one row per finished run or branch
+    curves: "object"  # pandas.DataFrame: evaluation curves (for approach 1)
+    skipped: int  # unfinished or corrupt runs left out
+    warnings: list[str]
+
+
+_SUMMARY_COLUMNS = (
+    "status", "params", "params_non_embedding", "params_with_head", "params_total", "flops",
+    "flops_6n_non_embedding", "flops_6n_with_head", "flops_6n_total", "flops_deepseek", "flops_chinchilla",
+    "tokens", "steps", "lr", "batch_size", "batch_tokens", "seq_len", "n_layer", "d_model", "n_head",
+    "parametrization", "schedule", "decay_shape", "decay_fraction", "seed", "wall_time_s", "diverged_step",
+)
+
+
+def collect(study_dir: Path, progress: Optional[Callable[[int], None]] = None) -> Collected:
+    """Gather every finished run (done or diverged) into one table; skip the rest, counted."""
+    import pandas as pd
+
+    rows, curves, warnings, skipped = [], [], [], 0
+    for run_dir in run_dirs(study_dir):
+        summary = read_json(run_dir / "summary.json")
+        meta = read_json(run_dir / "run.json") or {}
+        if summary is None or summary.get("status") not in ("done", "diverged"):
+            skipped += 1
+            if (run_dir / "summary.json").exists():
+                warnings.append(f"{run_dir.name}: summary.json is corrupt")
+            continue
+        row = {"run_id": run_dir.name, "kind": meta.get("kind", "run"), "parent": meta.get("parent"),
+               "fork_step": meta.get("fork_step"), "budget": meta.get("budget"), "label": meta.get("label", "")}
+        row.update({k: summary.get(k) for k in _SUMMARY_COLUMNS})
+        row["loss"] = summary.get("val_loss")
+        row["diverged"] = summary.get("status") == "diverged"
+        rows.append(row)
+        for line in read_jsonl(run_dir / "metrics.jsonl"):
+            if line.get("val_loss") is not None and line.get("step", 0) > 0:
+                curves.append({"run_id": run_dir.name, "kind": row["kind"], "parent": row["parent"],
+                               "step": line["step"], "tokens": line.get("tokens"), "flops": line.get("flops"),
+                               "val_loss": line["val_loss"], "params": row["params"],
+                               "params_non_embedding": row["params_non_embedding"],
+                               "params_with_head": row["params_with_head"], "params_total": row["params_total"]})
+    if skipped:
+        warnings.insert(0, f"skipped {skipped} unfinished or corrupt run(s)")
+    runs = pd.DataFrame(rows, columns=["run_id", "kind", "parent", "fork_step", "budget", "label", *_SUMMARY_COLUMNS, "loss", "diverged"])
+    return Collected(runs, pd.DataFrame(curves), skipped, warnings)
+
+
+def write_collected(study_dir: Path, collected: Collected) -> list[Path]:
+    """runs.parquet, runs.csv and curves.parquet in the study directory (atomically)."""
+    from scaleflow.files import atomic_write
+
+    out = []
+    for name, frame in (("runs", collected.runs), ("curves", collected.curves)):
+        for ext, write in (("parquet", lambda f, fr=frame: fr.to_parquet(f, index=False)),
+                           ("csv", lambda f, fr=frame: fr.to_csv(f, index=False))):
+            if name == "curves" and ext == "csv":
+                continue
+            path = Path(study_dir) / f"{name}.{ext}"
+            atomic_write(path, write)
+            out.append(path)
+    return out

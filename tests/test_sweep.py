@@ -1,0 +1,142 @@
+"""Studies: planning, the local launcher, re-sweeping, status and collect, end to end."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scaleflow.config import compose_study
+from scaleflow.errors import ConfigError, StoreError
+from scaleflow.plan import isoflop
+from scaleflow.store import collect, run_dirs, study_states
+from scaleflow.sweep import sweep
+
+STUDY = """
+defaults:
+  - config
+  - _self_
+study:
+  name: micro
+  kind: isoflop
+  budgets: [2e9, 4e9]
+  shapes:
+    - {n_layer: 1, d_model: 8, n_head: 1}
+    - {n_layer: 1, d_model: 16, n_head: 2}
+  min_steps: 10
+model: {seq_len: 32}
+trainer: {batch_size: 8, eval_every: 1000000, eval_sequences: 16, log_every: 5, checkpoint_every: 20}
+launcher: {max_parallel: 2}
+"""
+
+
+@pytest.fixture
+def study_file(tmp_path):
+    path = tmp_path / "micro.yaml"
+    path.write_text(STUDY)
+    return path
+
+
+def test_isoflop_plan_rounds_to_whole_batches_and_records_actual_flops(study_file, tmp_path):
+    cfg = compose_study(str(study_file), [f"study_dir={tmp_path / 's'}"])
+    specs = isoflop(cfg)
+    assert len(specs) == 4
+    for spec in specs:
+        assert spec.steps == int(spec.budget / spec.flops_per_token // (8 * 32))
+        assert spec.flops <= spec.budget < spec.flops + spec.tokens_per_step * spec.flops_per_token
+    assert len({s.run_id for s in specs}) == 4
+
+
+def test_min_steps_drops_models_and_an_impossible_budget_is_an_error(study_file):
+    cfg = compose_study(str(study_file), ["study.min_steps=400"])
+    assert all(s.counts.params_with_head < 5000 for s in isoflop(cfg))
+    with pytest.raises(ConfigError, match="too small for every model"):
+        isoflop(compose_study(str(study_file), ["study.budgets=[1e6]"]))
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [("study.budgets=[-1e9]", "positive"), ("study.shapes=[]", "ladder is empty"), ("study.budgets=[]", "no budgets")],
+)
+def test_bad_studies(study_file, override, message):
+    with pytest.raises(ConfigError, match=message):
+        isoflop(compose_study(str(study_file), [override]))
+
+
+def test_sweep_runs_skips_and_grows(study_file, tmp_path):
+    study_dir = tmp_path / "study"
+    cfg = compose_study(str(study_file), [f"study_dir={study_dir}"])
+    first = sweep(cfg, "isoflop")
+    assert first.launched == 4 and not first.outcome.failed
+    assert [s.state for s in study_states(study_dir)] == ["done"] * 4
+    mtimes = {p: p.stat().st_mtime_ns for p in study_dir.glob("*/summary.json")}
+
+    again = sweep(cfg, "isoflop")  # nothing new: nothing trains, nothing is overwritten
+    assert again.launched == 0 and again.skipped_done == 4
+    assert {p: p.stat().st_mtime_ns for p in study_dir.glob("*/summary.json")} == mtimes
+
+    grown = sweep(compose_study(str(study_file), [f"study_dir={study_dir}", "study.budgets=[2e9,4e9,8e9]"]), "isoflop")
+    assert grown.launched == 2 and grown.skipped_done == 4
+
+    table = collect(study_dir).runs
+    assert len(table) == 6 and table["loss"].notna().all()
+    assert set(table["budget"]) == {2e9, 4e9, 8e9}
+
+
+def test_force_retrains_but_keeps_the_old_results(study_file, tmp_path):
+    study_dir = tmp_path / "study"
+    cfg = compose_study(str(study_file), [f"study_dir={study_dir}", "study.budgets=[2e9]"])
+    sweep(cfg, "isoflop")
+    forced = sweep(cfg, "isoflop", force=True)
+    assert forced.launched == 2
+    for run in run_dirs(study_dir):
+        assert (run / "previous" / "0" / "summary.json").exists() and (run / "summary.json").exists()
+
+
+def test_an_unfinished_run_resumes_from_its_checkpoint(study_file, tmp_path):
+    study_dir = tmp_path / "study"
+    cfg = compose_study(str(study_file), [f"study_dir={study_dir}", "study.budgets=[4e9]",
+                                          "study.shapes=[{n_layer: 1, d_model: 8, n_head: 1}]"])
+    spec = isoflop(cfg)[0]
+    from scaleflow.store import register
+    run_dir = register(study_dir, [spec], "micro", "isoflop")[0]
+    assert subprocess.run([sys.executable, "-m", "scaleflow.worker", str(run_dir), "--until", "40"]).returncode == 0
+    assert not (run_dir / "summary.json").exists()
+    assert study_states(study_dir)[0].state == "stopped"
+    report = sweep(cfg, "isoflop")
+    assert report.launched == 1
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines][:3] == [0, 1, 5] and lines[-1]["step"] == spec.steps
+
+
+def scaleflow(*args):
+    return subprocess.run([sys.executable, "-m", "scaleflow.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_dry_run_and_status(study_file, tmp_path):
+    out = scaleflow("sweep", "isoflop", str(study_file), "--dry-run", f"study_dir={tmp_path / 's'}")
+    assert out.returncode == 0, out.stderr
+    assert "4 runs" in out.stdout and not (tmp_path / "s").exists()
+    out = scaleflow("status", str(tmp_path / "nope"))
+    assert out.returncode == 2 and "not a study directory" in out.stderr
+
+
+def test_cli_bad_input_is_one_line(study_file):
+    for args, message in [
+        (["sweep", "isoflop", "no_such_study"], "unknown study"),
+        (["sweep", "isoflop", str(study_file), "study.budgets=[0]"], "positive"),
+        (["sweep", "isoflop", str(study_file), "study.bugdets=[1e9]"], "bugdets"),
+        (["sweep", "lr-bs", str(study_file)], "not lr_bs"),
+    ]:
+        out = scaleflow(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_study_names_cannot_escape_the_runs_directory(study_file):
+    cfg = compose_study(str(study_file), ["study.name=../../etc"])
+    from scaleflow.store import study_dir_for
+    with pytest.raises(StoreError, match="plain name"):
+        study_dir_for(cfg)
