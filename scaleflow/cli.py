@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from scaleflow.errors import ScaleflowError
+from scaleflow.errors import ConfigError, ScaleflowError
 
 app = typer.Typer(
     help="Plan, run and fit language-model scaling-law studies.",
@@ -82,7 +82,7 @@ def _print_plan(specs, throughput: float, title: str) -> None:
     from scaleflow.sweep import plan_rows
 
     rows = plan_rows(specs, throughput)
-    columns = ["run", "N", "D", "D/N", "steps", "batch", "lr", "FLOPs", "est_s"]
+    columns = ["run", "kind", "N", "D", "D/N", "steps", "batch", "lr", "FLOPs", "est_s"]
     console.print(_table(title, [tuple(_fmt(r[c]) for c in columns) for r in rows], columns))
     flops = sum(r["FLOPs"] for r in rows)
     console.print(f"[bold]{len(rows)} runs, {flops:.3g} FLOPs, about {flops / throughput / 60:.1f} min "
@@ -156,7 +156,42 @@ def status(study_dir: Annotated[Path, typer.Argument(help="a study directory, e.
 
 
 def _print_branch_accounting(study_dir: Path) -> None:
-    """Hook for decay-branch studies (filled in by scaleflow.branches when present)."""
+    from scaleflow.branches import study_accounting
+
+    acc = study_accounting(study_dir)
+    if acc is not None:
+        console.print(f"decay branches: {acc.branched_flops:.3g} FLOPs branched vs {acc.independent_flops:.3g} "
+                      f"as independent runs (ratio {acc.ratio:.2f})")
+
+
+@app.command("decay-branches")
+def decay_branches_cmd(
+    args: StudyArgs = None,
+    dry_run: DryRun = False,
+    force: Force = False,
+    from_dir: Annotated[Optional[Path], typer.Option("--from", help="fork new branches off this existing trunk run directory")] = None,
+) -> None:
+    """WSD decay branches: one stable-phase trunk per model, a decay branch per budget."""
+    from scaleflow.branches import accounting, decay_branches, plan, specs_from_trunk
+    from scaleflow.config import compose_study
+
+    study, overrides = _study_and_overrides(args, "decay_branches_cpu")
+    cfg = compose_study(study, overrides)
+    if dry_run:
+        if cfg.study.kind != "decay_branches":
+            raise ConfigError(f"study {cfg.study.name!r} is a {cfg.study.kind} study, not decay_branches")
+        specs = specs_from_trunk(cfg, from_dir) if from_dir else plan(cfg)
+        _print_plan(specs, cfg.study.throughput, f"{cfg.study.name}: trunks and branches (dry run, nothing launched)")
+        acc = accounting(specs)
+        console.print(f"branched plan: {acc.branched_flops:.3g} FLOPs; the same budgets as independent runs: "
+                      f"{acc.independent_flops:.3g} FLOPs; ratio {acc.ratio:.3f}")
+        return
+    report = decay_branches(cfg, from_dir=from_dir, force=force, console=console)
+    if report.recreated:
+        console.print(f"re-created {report.recreated} missing fork checkpoint(s) from earlier trunk checkpoints")
+    _print_outcome(report)
+    acc = report.accounting
+    console.print(f"branched plan: {acc.branched_flops:.3g} FLOPs vs {acc.independent_flops:.3g} independent (ratio {acc.ratio:.3f})")
 
 
 @app.command()

@@ -149,6 +149,9 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model (CUDA)
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     world_size: int = 1  # data-parallel processes
+    # A decay-branch trunk: constant LR after an absolute warmup, so its length is not part of
+    # its identity and it can be extended to serve larger budgets later.
+    extendable: bool = False
 
 
 @dataclass
@@ -354,6 +357,8 @@ def validate(cfg: Any) -> None:
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
     _choice("launcher.name", cfg.launcher.name, ("local", "slurm"))
+    if t.extendable and (s.name != "constant" or (s.warmup_steps < 0 and s.warmup_tokens <= 0)):
+        raise ConfigError("trainer.extendable needs schedule.name=constant and an absolute warmup")
 
 
 def run_section(cfg: Any) -> dict:
@@ -364,7 +369,8 @@ def run_section(cfg: Any) -> dict:
 
 def _identity(cfg: Any) -> dict:
     section = run_section(cfg)
-    section["trainer"] = {k: v for k, v in section["trainer"].items() if k not in _UNHASHED_TRAINER_KEYS}
+    unhashed = _UNHASHED_TRAINER_KEYS + (("steps", "tokens", "flops") if section["trainer"].get("extendable") else ())
+    section["trainer"] = {k: v for k, v in section["trainer"].items() if k not in unhashed}
     return section
 
 

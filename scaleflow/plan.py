@@ -67,7 +67,7 @@ class RunSpec:
         return {
             "run_id": self.run_id, "kind": self.kind, "budget": self.budget, "label": self.label,
             "parent": self.parent, "fork_step": self.fork_step, "fork_steps": self.fork_steps,
-            "steps": self.steps,
+            "steps": self.steps, "flops": self.flops, "own_flops": self.own_flops,
         }
 
 

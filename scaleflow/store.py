@@ -61,8 +61,11 @@ def register(study_dir: Path, specs: Iterable[RunSpec], study_name: str, kind: s
     for spec in specs:
         run_dir = _safe_run_dir(study_dir, spec.run_id)
         run_dir.mkdir(exist_ok=True)
-        if not (run_dir / "config.yaml").exists():
-            write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(spec.config)))
+        text = OmegaConf.to_yaml(OmegaConf.create(spec.config))
+        config_path = run_dir / "config.yaml"
+        # An extendable trunk keeps its id when it grows longer: its config.yaml follows.
+        if not config_path.exists() or (spec.config["trainer"]["extendable"] and config_path.read_text() != text):
+            write_text(config_path, text)
         meta = read_json(run_dir / "run.json")
         wanted = {**spec.meta(), "study": study_name}
         if meta != wanted:

@@ -95,6 +95,31 @@ def execute_run(run_dir: Path, threads: int = 0, until: int = 0) -> dict:
     return train_interruptible(cfg, run_dir, until=until, fork_steps=tuple(meta.get("fork_steps", ())), init_from=fork)
 
 
+def recreate_checkpoint(trunk_dir: Path, step: int) -> None:
+    """Re-create a trunk's missing checkpoint at `step` by re-running the trunk from its
+    newest earlier checkpoint, in a scratch directory, so its own files are untouched."""
+    import shutil
+
+    from scaleflow.config import load_run_config
+    from scaleflow.train import checkpoint_path, list_checkpoints, train
+
+    trunk_dir = Path(trunk_dir)
+    cfg = load_run_config(trunk_dir / "config.yaml")
+    cfg.resume = True
+    scratch = trunk_dir / "recreate"
+    shutil.rmtree(scratch, ignore_errors=True)
+    (scratch / "checkpoints").mkdir(parents=True)
+    earlier = [s for s, _ in list_checkpoints(trunk_dir) if s < step]
+    if earlier:
+        shutil.copy(checkpoint_path(trunk_dir, max(earlier)), checkpoint_path(scratch, max(earlier)))
+    if (trunk_dir / "metrics.jsonl").exists():
+        shutil.copy(trunk_dir / "metrics.jsonl", scratch / "metrics.jsonl")
+    with run_lock(trunk_dir):
+        train(cfg, scratch, until=step, fork_steps=(step,))
+        os.replace(checkpoint_path(scratch, step), checkpoint_path(trunk_dir, step))
+    shutil.rmtree(scratch)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m scaleflow.worker", description="Train one run directory.")
     parser.add_argument("run_dir", type=Path)

@@ -1,0 +1,253 @@
+"""WSD decay branches forked off shared stable-phase trunks (science.md section 4).
+
+For each model of the study: one trunk (warmup, then constant peak LR), trained to the
+latest fork point, keeping a checkpoint at every fork point (1 - f) T_i; for each budget T_i
+(and each decay variant), a branch that loads its fork checkpoint and decays to T_i. A
+branch's config is exactly that of a fresh WSD run of length T_i, so its run id is that
+run's id, and on CPU its results equal that run's bit for bit.
+
+Cost per model, budgets T_1 < ... < T_k: T_k (1 - f) + f sum(T_i) tokens of training,
+against sum(T_i) for independent runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from scaleflow import schedules
+from scaleflow.config import load_run_config, run_id
+from scaleflow.errors import ConfigError, StoreError
+from scaleflow.files import read_json
+from scaleflow.launch import Job, make_launcher
+from scaleflow.plan import RunSpec, _plain, ladder, make_spec, model_config
+from scaleflow.counting import count
+from scaleflow.store import register, run_state, study_dir_for
+from scaleflow.train import checkpoint_path, list_checkpoints
+
+
+def _warmup_steps(cfg, tokens_per_step: int) -> int:
+    s = cfg.schedule
+    if s.warmup_tokens > 0:
+        return int(np.ceil(s.warmup_tokens / tokens_per_step))
+    if s.warmup_steps >= 0:
+        return s.warmup_steps
+    raise ConfigError("decay branches need an absolute warmup, the same for every budget: "
+                      "set schedule.warmup_steps or schedule.warmup_tokens")
+
+
+def _budgets_tokens(cfg, params: int) -> list[float]:
+    """The study's branch budgets in tokens for a model of `params` parameters."""
+    s = cfg.study
+    given = [bool(s.branch_tokens), bool(s.branch_tokens_per_param), bool(s.branch_grid)]
+    if sum(given) != 1:
+        raise ConfigError("give the branch budgets one way: study.branch_tokens, study.branch_grid "
+                          "or study.branch_tokens_per_param")
+    if s.branch_tokens:
+        budgets = [float(t) for t in s.branch_tokens]
+    elif s.branch_tokens_per_param:
+        budgets = [float(k) * params for k in s.branch_tokens_per_param]
+    else:
+        try:
+            kind, low, high, n = s.branch_grid.split(":")
+            low, high, n = float(low), float(high), int(n)
+        except ValueError:
+            raise ConfigError(f"study.branch_grid={s.branch_grid!r} is not KIND:MIN:MAX:N (KIND linear or geometric)") from None
+        if kind not in ("linear", "geometric") or n < 1 or not 0 < low <= high:
+            raise ConfigError(f"study.branch_grid={s.branch_grid!r} is not KIND:MIN:MAX:N with 0 < MIN <= MAX")
+        budgets = list((np.linspace if kind == "linear" else np.geomspace)(low, high, n))
+    if min(budgets) <= 0:
+        raise ConfigError("branch budgets must be positive token counts")
+    return sorted(set(budgets))
+
+
+def _variants(cfg) -> list[dict]:
+    base = {"decay_shape": cfg.schedule.decay_shape, "decay_fraction": cfg.schedule.decay_fraction,
+            "final_lr_fraction": cfg.schedule.final_lr_fraction}
+    variants = [base] + [{**base, **_plain(v)} for v in cfg.study.decay_variants]
+    for v in variants:
+        if set(v) - set(base):
+            raise ConfigError(f"unknown decay variant key(s): {', '.join(sorted(set(v) - set(base)))}")
+        if not 0 < float(v["decay_fraction"]) < 1:
+            raise ConfigError(f"schedule.decay_fraction must lie in (0, 1), got {v['decay_fraction']}")
+        if v["decay_shape"] not in schedules.SHAPES:
+            raise ConfigError(f"decay_shape={v['decay_shape']!r} is not one of {', '.join(schedules.SHAPES)}")
+    unique = []
+    for v in variants:
+        if v not in unique:
+            unique.append(v)
+    return unique
+
+
+def plan(cfg, shapes: Optional[list[dict]] = None) -> list[RunSpec]:
+    """Trunks and branches for every model of the study (or for `shapes`)."""
+    base = _plain(cfg)
+    t = cfg.trainer
+    specs = []
+    for shape in shapes or ladder(cfg):
+        counts = count(model_config(shape))
+        tokens_per_step = t.batch_size * shape["seq_len"]
+        warmup = _warmup_steps(cfg, tokens_per_step)
+        trunk_base = copy.deepcopy(base)
+        trunk_base["schedule"].update(name="constant", warmup_steps=warmup, warmup_tokens=0.0)
+        trunk_base["trainer"]["extendable"] = True
+        branches = []
+        for variant in _variants(cfg):
+            for tokens in _budgets_tokens(cfg, counts.params(t.param_count)):
+                steps = int(tokens // tokens_per_step)
+                fork = schedules.decay_start(steps, variant["decay_fraction"]) if steps else 0
+                if steps < 1 or fork < warmup:
+                    raise ConfigError(
+                        f"a budget of {tokens:.3g} tokens ({steps} steps) is shorter than the warmup "
+                        f"({warmup} steps) plus the decay ({variant['decay_fraction']:.0%})")
+                branch_base = copy.deepcopy(base)
+                branch_base["schedule"].update(name="wsd", warmup_steps=warmup, warmup_tokens=0.0, **variant)
+                branches.append((branch_base, steps, fork, variant, tokens))
+        trunk_steps = max(fork for *_, fork, _, _ in branches)
+        trunk = make_spec(trunk_base, shape, trunk_steps, kind="trunk",
+                          label=f"trunk N={counts.params(t.param_count):,}")
+        trunk.fork_steps = sorted({fork for *_, fork, _, _ in branches})
+        specs.append(trunk)
+        for branch_base, steps, fork, variant, tokens in branches:
+            label = (f"N={counts.params(t.param_count):,} D={steps * tokens_per_step:.3g} "
+                     f"{variant['decay_shape']} f={variant['decay_fraction']}")
+            specs.append(make_spec(branch_base, shape, steps, kind="branch", label=label, parent=trunk.run_id,
+                                   fork_step=fork, start_step=fork))
+    return specs
+
+
+@dataclass
+class Accounting:
+    branched_flops: float  # trunks plus the decay of every branch
+    independent_flops: float  # every branch as a run from scratch
+
+    @property
+    def ratio(self) -> float:
+        return self.branched_flops / self.independent_flops if self.independent_flops else float("nan")
+
+
+def accounting(specs: list[RunSpec]) -> Accounting:
+    return Accounting(
+        branched_flops=sum(s.own_flops for s in specs),
+        independent_flops=sum(s.flops for s in specs if s.kind == "branch"),
+    )
+
+
+def study_accounting(study_dir: Path) -> Optional[Accounting]:
+    """The accounting of a study directory from its run.json files (None if it has no branches)."""
+    branched = independent = 0.0
+    found = False
+    for run_json in Path(study_dir).glob("*/run.json"):
+        meta = read_json(run_json) or {}
+        if meta.get("kind") in ("trunk", "branch"):
+            found = True
+            branched += meta.get("own_flops") or 0.0
+            if meta.get("kind") == "branch":
+                independent += meta.get("flops") or 0.0
+    return Accounting(branched, independent) if found else None
+
+
+def specs_from_trunk(cfg, trunk_dir: Path) -> list[RunSpec]:
+    """--from RUN_DIR: new branches of an existing trunk; refuses a trunk of another config."""
+    meta = read_json(Path(trunk_dir) / "run.json") or {}
+    if meta.get("kind") != "trunk" or not (Path(trunk_dir) / "config.yaml").exists():
+        raise StoreError(f"{trunk_dir} is not a decay-branch trunk directory")
+    trunk_cfg = load_run_config(Path(trunk_dir) / "config.yaml")
+    shape = _plain(trunk_cfg.model)
+    specs = plan(cfg, [shape])
+    if specs[0].run_id != Path(trunk_dir).name:
+        raise StoreError(
+            f"the study's trunk for this model ({specs[0].run_id}) has another config than {trunk_dir}: "
+            "refusing to fork branches of one trunk from another's checkpoints")
+    return specs
+
+
+def jobs(specs: list[RunSpec], dirs: list[Path], launcher: str, skip: set[str]) -> list[Job]:
+    """Jobs for a branched plan. Locally one job per trunk and branches that wait for their
+    fork checkpoint; on SLURM a chain of trunk segments ending at fork points, each branch
+    depending on its segment. Runs in `skip` (finished) get no job."""
+    by_id = {s.run_id: (s, d) for s, d in zip(specs, dirs)}
+    out: list[Job] = []
+    segment_of: dict[tuple[str, int], Optional[Job]] = {}
+    for spec, run_dir in zip(specs, dirs):
+        if spec.kind != "trunk":
+            continue
+        done_steps = max([s for s, _ in list_checkpoints(run_dir)], default=0)
+        trunk_done = spec.run_id in skip
+        if launcher == "slurm":
+            previous = None
+            for fork in spec.fork_steps:
+                if trunk_done or fork <= done_steps and checkpoint_path(run_dir, fork).exists():
+                    segment_of[(spec.run_id, fork)] = None  # its checkpoint exists already
+                    continue
+                job = Job(run_dir, f"{spec.label} to step {fork}", fork - max(done_steps, 0), until=fork, after=previous)
+                out.append(job)
+                segment_of[(spec.run_id, fork)] = previous = job
+        elif not trunk_done:
+            out.append(Job(run_dir, spec.label, spec.steps))
+    for spec, run_dir in zip(specs, dirs):
+        if spec.kind != "branch" or spec.run_id in skip:
+            continue
+        _, trunk_dir = by_id[spec.parent]
+        ckpt = checkpoint_path(trunk_dir, spec.fork_step)
+        job = Job(run_dir, spec.label, spec.steps - spec.fork_step)
+        if launcher == "slurm":
+            job.after = segment_of.get((spec.parent, spec.fork_step))
+        else:
+            job.ready = ckpt.exists
+        out.append(job)
+    return out
+
+
+def missing_forks(specs: list[RunSpec], dirs: list[Path]) -> list[tuple[Path, int]]:
+    """(trunk dir, fork step) pairs whose checkpoint is gone though the trunk got past them."""
+    missing = []
+    for spec, run_dir in zip(specs, dirs):
+        if spec.kind != "trunk":
+            continue
+        reached = max([s for s, _ in list_checkpoints(run_dir)], default=0)
+        for fork in spec.fork_steps:
+            if fork < reached and not checkpoint_path(run_dir, fork).exists():
+                missing.append((run_dir, fork))
+    return missing
+
+
+@dataclass
+class BranchReport:
+    specs: list[RunSpec]
+    study_dir: Path
+    accounting: Accounting
+    skipped_done: int = 0
+    launched: int = 0
+    recreated: int = 0
+    outcome: object = None
+
+
+def decay_branches(cfg, from_dir: Optional[Path] = None, force: bool = False, console=None) -> BranchReport:
+    """Plan, register and launch a decay-branch study (or new branches of one trunk)."""
+    if cfg.study.kind != "decay_branches":
+        raise ConfigError(f"study {cfg.study.name!r} is a {cfg.study.kind} study, not decay_branches")
+    specs = specs_from_trunk(cfg, from_dir) if from_dir else plan(cfg)
+    study_dir = Path(from_dir).parent if from_dir else study_dir_for(cfg)
+    dirs = register(study_dir, specs, cfg.study.name, "decay_branches", force=force)
+    report = BranchReport(specs, study_dir, accounting(specs))
+    from scaleflow.worker import recreate_checkpoint
+
+    for trunk_dir, fork in missing_forks(specs, dirs):
+        recreate_checkpoint(trunk_dir, fork)
+        report.recreated += 1
+    finished = set()
+    for spec, run_dir in zip(specs, dirs):
+        summary = read_json(run_dir / "summary.json") or {}
+        if run_state(run_dir).state in ("done", "diverged") and summary.get("steps", 0) >= spec.steps:
+            finished.add(spec.run_id)
+    report.skipped_done = len(finished)
+    todo = jobs(specs, dirs, cfg.launcher.name, finished)
+    report.launched = len(todo)
+    if todo:
+        report.outcome = make_launcher(cfg.launcher, console).launch(todo)
+    return report

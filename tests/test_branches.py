@@ -1,0 +1,114 @@
+"""WSD decay branches: exactness, compute accounting, re-sweeps, --from and bad input."""
+
+import copy
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import metrics_without_timing
+from scaleflow.branches import accounting, decay_branches, plan
+from scaleflow.config import compose_study, load_run_config
+from scaleflow.errors import ConfigError, StoreError
+from scaleflow.files import read_json
+from scaleflow.train import checkpoint_path, train
+
+STUDY = """
+defaults:
+  - config
+  - override schedule: wsd
+  - _self_
+study:
+  name: branches
+  kind: decay_branches
+  shapes:
+    - {n_layer: 1, d_model: 16, n_head: 2}
+  branch_tokens: [25600, 51200]   # 100 and 200 steps of 256 tokens
+model: {seq_len: 32}
+trainer: {batch_size: 8, eval_every: 20, eval_sequences: 16, log_every: 10, checkpoint_every: 50}
+schedule: {warmup_steps: 10, decay_fraction: 0.2}
+launcher: {max_parallel: 2}
+"""
+
+
+@pytest.fixture
+def study_file(tmp_path):
+    path = tmp_path / "branches.yaml"
+    path.write_text(STUDY)
+    return path
+
+
+def test_a_branch_equals_a_fresh_wsd_run_bit_for_bit(study_file, tmp_path):
+    study_dir = tmp_path / "study"
+    cfg = compose_study(str(study_file), [f"study_dir={study_dir}"])
+    report = decay_branches(cfg)
+    assert not report.outcome.failed
+    longest = max((s for s in report.specs if s.kind == "branch"), key=lambda s: s.steps)
+    assert longest.fork_step == 160
+    fresh_dir = tmp_path / "fresh"
+    fresh_cfg = load_run_config(study_dir / longest.run_id / "config.yaml")
+    train(fresh_cfg, fresh_dir)
+    fresh = metrics_without_timing(fresh_dir)
+    branch = metrics_without_timing(study_dir / longest.run_id)
+    steps = {line["step"] for line in fresh}
+    assert [line for line in branch if line["step"] in steps] == fresh
+    evals = [line["val_loss"] for line in fresh if "val_loss" in line]
+    assert len(evals) >= 10
+    assert read_json(study_dir / longest.run_id / "summary.json")["val_loss"] == evals[-1]
+
+
+def test_branched_flops_follow_the_formula(study_file):
+    # Three budgets on a linear grid: T_max (1 - f) + f sum(T_i), against sum(T_i).
+    cfg = compose_study(str(study_file), ["study.branch_tokens=[]", "study.branch_grid=linear:51200:153600:3",
+                                          "schedule.decay_fraction=0.2"])
+    specs = plan(cfg)
+    acc = accounting(specs)
+    budgets = [51200, 102400, 153600]
+    fpt = specs[0].flops_per_token
+    assert acc.branched_flops == pytest.approx(fpt * (0.8 * max(budgets) + 0.2 * sum(budgets)), rel=0.01)
+    assert acc.independent_flops == pytest.approx(fpt * sum(budgets), rel=0.01)
+
+
+def test_resweep_skips_and_from_adds_budgets_without_retraining(study_file, tmp_path):
+    study_dir = tmp_path / "study"
+    cfg = compose_study(str(study_file), [f"study_dir={study_dir}"])
+    first = decay_branches(cfg)
+    trunk = next(s for s in first.specs if s.kind == "trunk")
+    trunk_dir = study_dir / trunk.run_id
+    trunk_metrics = (trunk_dir / "metrics.jsonl").read_text()
+
+    again = decay_branches(cfg)
+    assert again.launched == 0 and again.skipped_done == 3
+
+    # A new, shorter budget forks at step 120: no checkpoint there, so it is re-created from
+    # the trunk's checkpoint at 80, and the trunk itself does not train again.
+    new = compose_study(str(study_file), [f"study_dir={study_dir}", "study.branch_tokens=[38400]"])
+    added = decay_branches(new, from_dir=trunk_dir)
+    assert added.recreated == 1 and added.launched == 1 and not added.outcome.failed
+    assert (trunk_dir / "metrics.jsonl").read_text() == trunk_metrics
+    assert checkpoint_path(trunk_dir, 120).exists()
+
+
+def test_a_fork_from_a_different_config_is_refused(study_file, tmp_path):
+    study_dir = tmp_path / "study"
+    decay_branches(compose_study(str(study_file), [f"study_dir={study_dir}", "study.branch_tokens=[25600]"]))
+    trunk_dir = next(d for d in study_dir.iterdir() if (read_json(d / "run.json") or {}).get("kind") == "trunk")
+    before = sorted(p.name for p in study_dir.iterdir())
+    other = compose_study(str(study_file), [f"study_dir={study_dir}", "optim.lr=1e-2"])
+    with pytest.raises(StoreError, match="another config"):
+        decay_branches(other, from_dir=trunk_dir)
+    assert sorted(p.name for p in study_dir.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("schedule.decay_fraction=1.5", "decay_fraction"),
+        ("schedule.decay_fraction=0", "decay_fraction"),
+        ("study.branch_tokens=[2560]", "shorter than the warmup"),
+        ("schedule.warmup_steps=-1", "absolute warmup"),
+    ],
+)
+def test_bad_input(study_file, override, message):
+    with pytest.raises(ConfigError, match=message):
+        plan(compose_study(str(study_file), [override]))
