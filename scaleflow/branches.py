@@ -184,17 +184,18 @@ def jobs(specs: list[RunSpec], dirs: list[Path], launcher: str, skip: set[str]) 
                 if trunk_done or fork <= done_steps and checkpoint_path(run_dir, fork).exists():
                     segment_of[(spec.run_id, fork)] = None  # its checkpoint exists already
                     continue
-                job = Job(run_dir, f"{spec.label} to step {fork}", fork - max(done_steps, 0), until=fork, after=previous)
+                job = Job(run_dir, f"{spec.label} to step {fork}", fork - max(done_steps, 0), until=fork, after=previous,
+                          world_size=spec.config["trainer"]["world_size"])
                 out.append(job)
                 segment_of[(spec.run_id, fork)] = previous = job
         elif not trunk_done:
-            out.append(Job(run_dir, spec.label, spec.steps))
+            out.append(Job(run_dir, spec.label, spec.steps, world_size=spec.config["trainer"]["world_size"]))
     for spec, run_dir in zip(specs, dirs):
         if spec.kind != "branch" or spec.run_id in skip:
             continue
         _, trunk_dir = by_id[spec.parent]
         ckpt = checkpoint_path(trunk_dir, spec.fork_step)
-        job = Job(run_dir, spec.label, spec.steps - spec.fork_step)
+        job = Job(run_dir, spec.label, spec.steps - spec.fork_step, world_size=spec.config["trainer"]["world_size"])
         if launcher == "slurm":
             job.after = segment_of.get((spec.parent, spec.fork_step))
         else:

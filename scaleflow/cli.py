@@ -52,7 +52,10 @@ def train(overrides: Overrides = None) -> None:
     cfg = compose_run(overrides or [])
     run_dir = Path(cfg.run_dir or f"runs/train/{run_id(cfg)}")
     console.print(f"training run [bold]{run_id(cfg)}[/] into {run_dir}")
-    summary = train_interruptible(cfg, run_dir)
+    if cfg.trainer.world_size > 1:
+        summary = _train_data_parallel(cfg, run_dir)
+    else:
+        summary = train_interruptible(cfg, run_dir)
     if summary["status"] == "interrupted":
         err_console.print(f"interrupted at step {summary['step']}; resume with resume=true run_dir={run_dir}")
         raise typer.Exit(130)
@@ -60,6 +63,24 @@ def train(overrides: Overrides = None) -> None:
     console.print(_table(f"run {summary['run_id']}: {summary['status']}", rows, ["field", "value"]))
     if summary["status"] != "done":
         raise typer.Exit(1)
+
+
+def _train_data_parallel(cfg, run_dir: Path) -> dict:
+    """trainer.world_size > 1: the worker under torchrun, one process per rank."""
+    import subprocess
+
+    from omegaconf import OmegaConf
+
+    from scaleflow.files import read_json, write_text
+    from scaleflow.launch import Job
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    code = subprocess.run(Job(run_dir, world_size=cfg.trainer.world_size).command()).returncode
+    summary = read_json(run_dir / "summary.json")
+    if code != 0 or summary is None:
+        raise ScaleflowError(f"the {cfg.trainer.world_size}-process run failed (exit {code}); see the output above")
+    return summary
 
 
 def _study_and_overrides(args: Optional[list[str]], default: str) -> tuple[str, list[str]]:

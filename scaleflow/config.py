@@ -347,9 +347,9 @@ def validate(cfg: Any) -> None:
             f"trainer.batch_size / grad_accum = {t.batch_size // t.grad_accum} must divide "
             f"evenly over trainer.world_size={t.world_size}"
         )
-    if t.noise_scale and t.grad_accum * t.world_size < 2:
+    if t.noise_scale and t.grad_accum < 2:
         raise ConfigError(
-            "trainer.noise_scale needs two batch sizes: set trainer.grad_accum >= 2 (or world_size >= 2)"
+            "trainer.noise_scale needs two batch sizes: set trainer.grad_accum >= 2 (a micro-batch is the small one)"
         )
     for name in ("eval_every", "log_every", "checkpoint_every", "eval_sequences"):
         if getattr(t, name) < 1:

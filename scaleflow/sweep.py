@@ -53,7 +53,9 @@ def sweep(cfg, kind: str, force: bool = False, console=None) -> SweepReport:
         if state in ("done", "diverged"):
             report.skipped_done += 1
             continue
-        jobs.append(Job(run_dir, spec.label, spec.steps))
+        if state == "running":  # another sweep (or a SLURM job) is training it
+            continue
+        jobs.append(Job(run_dir, spec.label, spec.steps, world_size=spec.config["trainer"]["world_size"]))
     report.launched = len(jobs)
     if jobs:
         report.outcome = make_launcher(cfg.launcher, console).launch(jobs)

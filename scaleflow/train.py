@@ -12,16 +12,19 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 from omegaconf import DictConfig, OmegaConf
 
 from scaleflow import schedules
 from scaleflow.config import Config, run_id, run_section
 from scaleflow.counting import Counts, count
+from scaleflow.distributed import Group, any_rank, env_group, mean, setup, teardown
 from scaleflow.data import batch_offsets, check_length, gather, load_corpus, validation_offsets
 from scaleflow.errors import ConfigError, StoreError
 from scaleflow.files import atomic_write, read_jsonl, write_json, write_text
@@ -203,30 +206,41 @@ def train(
     run_dir = Path(run_dir)
     started = time.time()
     plan = plan_run(cfg)
-    device = pick_device(cfg.device)
+    t = cfg.trainer
+    group_env = env_group()
+    device = pick_device(cfg.device if not group_env.active or cfg.device != "auto" else _rank_device(group_env))
+    group = setup(t.world_size, device)
     corpus = load_corpus(cfg.data, cfg.model.vocab_size)
     check_length(corpus, cfg.model.seq_len)
     this_id = run_id(cfg)
-    _write_config(run_dir, cfg, this_id)
+    if group.is_main:
+        _write_config(run_dir, cfg, this_id)
 
     torch.manual_seed(cfg.seed)
     model = GPT(OmegaConf.to_object(cfg.model) if isinstance(cfg.model, DictConfig) else cfg.model).to(device)
     optimizer = build_optimizer(model, cfg, device)
-    bf16 = cfg.trainer.precision == "bf16" or (cfg.trainer.precision == "auto" and device.type == "cuda")
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    step_model = torch.compile(model) if cfg.trainer.compile else model
+    step_model = torch.compile(model) if t.compile else model
+    if group.active:
+        step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    t = cfg.trainer
     metrics_path = run_dir / "metrics.jsonl"
+    log = (lambda line: _log(metrics_path, line)) if group.is_main else (lambda line: None)
     fork_steps = {s for s in fork_steps if 0 < s <= plan.steps}
     stop_at = until if 0 < until < plan.steps else plan.steps
+    noise = None
+    if t.noise_scale:
+        from scaleflow.noise_scale import NoiseScaleEMA
+
+        noise = NoiseScaleEMA()
     state = {"initial_loss": None, "run_id": this_id}
     start = 0
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None and ckpt.get("run_id") != this_id:
         raise StoreError(f"{run_dir} holds checkpoints of another config (run {ckpt.get('run_id')}, not {this_id})")
     if ckpt is None and init_from is not None:
-        ckpt = _fork(init_from, metrics_path)
+        ckpt = _fork(init_from, metrics_path if group.is_main else None)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -234,40 +248,60 @@ def train(
         if ckpt["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
         start, state["initial_loss"] = ckpt["step"], ckpt["initial_loss"]
-        _truncate_metrics(metrics_path, start)
+        if noise is not None and ckpt.get("noise_scale"):
+            noise.load_state_dict(ckpt["noise_scale"])
+        if group.is_main:
+            _truncate_metrics(metrics_path, start)
     else:
-        metrics_path.unlink(missing_ok=True)
-        val = evaluate(model, corpus, cfg, device, autocast)
-        _log(metrics_path, {"step": 0, "tokens": 0, "flops": 0.0, "lr": 0.0, "val_loss": val})
+        if group.is_main:
+            metrics_path.unlink(missing_ok=True)
+        log({"step": 0, "tokens": 0, "flops": 0.0, "lr": 0.0, "val_loss": evaluate(model, corpus, cfg, device, autocast)})
+
+    def checkpoint(step: int) -> None:
+        if group.is_main:
+            extra = {**state, "noise_scale": noise.state_dict() if noise is not None else {}}
+            save_checkpoint(checkpoint_path(run_dir, step), model, optimizer, step, extra)
+            prune_checkpoints(run_dir, t.keep_checkpoints, fork_steps | {stop_at})
 
     peak = peak_flops(device)
-    micro = t.batch_size // t.grad_accum
+    per_rank = t.batch_size // t.world_size
+    micro = per_rank // t.grad_accum
     last_time, last_step = time.time(), start
-    status, diverged_step = "done", None
+    status, diverged_step, step = "done", None, start
     for step in range(start, stop_at):
-        if should_stop():
+        done = step + 1
+        is_log_step = done % t.log_every == 0 or done % t.eval_every == 0 or done in (1, plan.steps, stop_at)
+        # Ranks must agree on stopping: single-process runs check every step, others at log steps.
+        if (not group.active or is_log_step) and any_rank(should_stop(), group, device):
             status = "interrupted"
             break
         lr = lr_at(cfg, plan, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr * param_group["lr_mult"]
         offsets = batch_offsets(cfg.seed, step, t.batch_size, len(corpus.train), cfg.model.seq_len)
-        train_loss = 0.0
+        offsets = offsets[group.rank * per_rank : (group.rank + 1) * per_rank]
+        train_loss, small_batch_sq = 0.0, None
         for m in range(t.grad_accum):
             x, y = gather(corpus.train, offsets[m * micro : (m + 1) * micro], cfg.model.seq_len)
-            with autocast():
+            sync = nullcontext() if not group.active or m == t.grad_accum - 1 else step_model.no_sync()
+            with sync, autocast():
                 _, loss = step_model(x.to(device), y.to(device))
-            (loss / t.grad_accum).backward()
+            with sync:
+                (loss / t.grad_accum).backward()
             train_loss += loss.detach() / t.grad_accum
+            if noise is not None and m == 0:  # one micro-batch's gradient is g_1 / grad_accum
+                small_batch_sq = _grad_sq(model) * t.grad_accum**2
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        noise_scale = None
+        if noise is not None:
+            tokens_small, tokens_big = micro * cfg.model.seq_len, plan.tokens_per_step
+            noise_scale = noise.update(float(small_batch_sq), float(grad_norm) ** 2, tokens_small, tokens_big)
 
-        done = step + 1
-        is_last = done == plan.steps
-        if done % t.log_every == 0 or done % t.eval_every == 0 or is_last or done == stop_at or done == 1:
-            loss_value = train_loss.item()  # the one host sync, at log steps only
+        if is_log_step:
+            loss_value = mean(train_loss, group).item()  # the one host sync, at log steps only
             if state["initial_loss"] is None:
                 state["initial_loss"] = loss_value
             now = time.time()
@@ -283,24 +317,37 @@ def train(
                 "tokens_per_s": tokens_per_s,
                 "mfu": tokens_per_s * plan.flops_per_token / peak if peak else None,
             }
+            if noise is not None:
+                line["grad_noise_scale"] = noise_scale
             if not math.isfinite(loss_value) or loss_value > t.divergence_factor * state["initial_loss"]:
                 line["diverged"] = True
-                _log(metrics_path, line)
+                log(line)
                 status, diverged_step = "diverged", done
                 break
-            if done % t.eval_every == 0 or is_last:
+            if done % t.eval_every == 0 or done == plan.steps:
                 line["val_loss"] = evaluate(model, corpus, cfg, device, autocast)
-            _log(metrics_path, line)
+            log(line)
         if done % t.checkpoint_every == 0 or done in fork_steps or done == stop_at:
-            save_checkpoint(checkpoint_path(run_dir, done), model, optimizer, done, state)
-            prune_checkpoints(run_dir, t.keep_checkpoints, fork_steps | {stop_at})
+            checkpoint(done)
 
+    teardown(group)
     if status == "interrupted":
-        save_checkpoint(checkpoint_path(run_dir, step), model, optimizer, step, state)
+        checkpoint(step)
         return {"status": status, "run_id": this_id, "step": step}
     if status == "done" and stop_at < plan.steps:
         return {"status": "stopped", "run_id": this_id, "step": stop_at}
+    if not group.is_main:
+        return {"status": status, "run_id": this_id}
     return _write_summary(run_dir, cfg, plan, corpus, status, diverged_step, this_id, time.time() - started)
+
+
+def _rank_device(group: Group) -> str:
+    return f"cuda:{group.local_rank}" if torch.cuda.is_available() else "cpu"
+
+
+def _grad_sq(model) -> torch.Tensor:
+    """Squared L2 norm of the current gradients."""
+    return sum(p.grad.float().pow(2).sum() for p in model.parameters() if p.grad is not None)
 
 
 @dataclass(frozen=True)
@@ -312,13 +359,15 @@ class Fork:
     step: int
 
 
-def _fork(fork: Fork, metrics_path: Path) -> dict:
+def _fork(fork: Fork, metrics_path: Optional[Path]) -> dict:
     """A branch's starting state: the trunk's checkpoint at the fork, and its metrics so far."""
     ckpt = load_checkpoint(checkpoint_path(Path(fork.trunk_dir), fork.step))
     if ckpt is None:
         raise StoreError(f"the fork checkpoint of trunk {fork.trunk_id} at step {fork.step} is missing or unreadable")
     if ckpt.get("run_id") != fork.trunk_id:
         raise StoreError(f"{fork.trunk_dir} holds trunk {ckpt.get('run_id')}, not the branch's parent {fork.trunk_id}")
+    if metrics_path is None:  # not rank 0: nothing to write
+        return ckpt
     trunk_metrics = Path(fork.trunk_dir) / "metrics.jsonl"
     kept = [line for line in read_jsonl(trunk_metrics) if line.get("step", 0) <= ckpt["step"]]
     write_text(metrics_path, "".join(_json_line(line) for line in kept))

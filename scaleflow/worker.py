@@ -12,7 +12,7 @@ import fcntl
 import os
 import signal
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from scaleflow.errors import ScaleflowError, StoreError
@@ -62,16 +62,23 @@ def stop_on_signals(flag: StopFlag):
             signal.signal(s, handler)
 
 
-def train_interruptible(cfg, run_dir: Path, **train_args) -> dict:
-    """Train under the run's lock; a stop signal checkpoints and returns status interrupted."""
+def train_interruptible(cfg, run_dir: Path, flag: StopFlag | None = None, **train_args) -> dict:
+    """Train under the run's lock; a stop signal checkpoints and returns status interrupted.
+
+    `flag`: a StopFlag whose signal handlers the caller installed; None installs our own.
+    """
+    from scaleflow.distributed import env_group
     from scaleflow.train import train
 
     run_dir = Path(run_dir)
-    with run_lock(run_dir), stop_on_signals(StopFlag()) as flag:
-        return train(cfg, run_dir, should_stop=flag, **train_args)
+    with run_lock(run_dir) if env_group().is_main else nullcontext():  # rank 0 holds the lock
+        if flag is not None:
+            return train(cfg, run_dir, should_stop=flag, **train_args)
+        with stop_on_signals(StopFlag()) as own:
+            return train(cfg, run_dir, should_stop=own, **train_args)
 
 
-def execute_run(run_dir: Path, threads: int = 0, until: int = 0) -> dict:
+def execute_run(run_dir: Path, threads: int = 0, until: int = 0, flag: StopFlag | None = None) -> dict:
     """Train (or resume) the run whose config.yaml is in `run_dir`.
 
     Its run.json (written by the run store) says where a decay branch forks from and which
@@ -92,7 +99,8 @@ def execute_run(run_dir: Path, threads: int = 0, until: int = 0) -> dict:
     fork = None
     if meta.get("parent"):
         fork = Fork(run_dir.parent / meta["parent"], meta["parent"], int(meta["fork_step"]))
-    return train_interruptible(cfg, run_dir, until=until, fork_steps=tuple(meta.get("fork_steps", ())), init_from=fork)
+    return train_interruptible(cfg, run_dir, flag, until=until, fork_steps=tuple(meta.get("fork_steps", ())),
+                               init_from=fork)
 
 
 def recreate_checkpoint(trunk_dir: Path, step: int) -> None:

@@ -16,10 +16,17 @@ class Job:
     until: int = 0  # stop, checkpointed, after this many steps (a trunk segment); 0 = to the end
     after: Optional["Job"] = None  # start only once this job has succeeded (SLURM afterok)
     ready: Optional[Callable[[], bool]] = None  # local: start only once this holds
+    world_size: int = 1  # data-parallel processes (trainer.world_size)
     job_id: Optional[str] = field(default=None)  # set by the SLURM launcher
 
     def command(self, python: str = "", threads: int = 0) -> list[str]:
-        cmd = [python or sys.executable, "-m", "scaleflow.worker", str(self.run_dir)]
+        """The worker command; several processes go through torchrun's local spawning."""
+        python = python or sys.executable
+        cmd = [python, "-m", "scaleflow.worker", str(self.run_dir)]
+        if self.world_size > 1:
+            cmd = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.world_size}",
+                   "-m", "scaleflow.worker", str(self.run_dir)]
+            threads = max(1, threads // self.world_size) if threads else 0
         if threads:
             cmd += ["--threads", str(threads)]
         if self.until:

@@ -43,8 +43,7 @@ class LocalLauncher:
         log = open(Path(job.run_dir) / "worker.log", "a")
         proc = subprocess.Popen(job.command(threads=self.threads), env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # Ctrl-C reaches only us; we pass it on as SIGTERM
-        log.close()
-        write_job(Path(job.run_dir), launcher="local", pid=proc.pid, state="running")
+        log.close()  # the child keeps its own descriptor
         return proc
 
     def launch(self, jobs: list[Job]) -> LaunchOutcome:
@@ -59,8 +58,9 @@ class LocalLauncher:
                         continue
                     del running[job]
                     results[job] = code
-                    write_job(Path(job.run_dir), launcher="local", pid=proc.pid, exit_code=code,
-                              state="stopped" if code == EXIT_INTERRUPTED else ("done" if code == 0 else "failed"))
+                    if code != EXIT_BUSY:  # a busy run's record belongs to the process training it
+                        write_job(Path(job.run_dir), launcher="local", pid=proc.pid, exit_code=code,
+                                  state="stopped" if code == EXIT_INTERRUPTED else ("done" if code == 0 else "failed"))
                     if code == 0:
                         outcome.finished += 1
                     elif code == EXIT_BUSY:

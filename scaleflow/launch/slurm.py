@@ -1,10 +1,133 @@
-"""The SLURM launcher (submitit). Placeholder for queue queries until the launcher lands."""
+"""The SLURM launcher, through submitit: job arrays for independent runs, `afterok` chains
+for decay-branch trunks, and requeue-and-resume on timeout or preemption.
+
+Submission returns at once with the job ids; each run directory's job.json records its job
+id, and `scaleflow status` follows the jobs with `squeue` (no accounting database needed).
+
+In the job, `TrainJob` trains the run under scaleflow.worker's signal handling: SLURM's
+SIGUSR2 (sent `signal_delay_s` before the time limit, or on preemption) and SIGTERM (scancel,
+scontrol requeue) make the trainer checkpoint at its next step boundary. After SIGUSR2 the
+job requeues itself (`scontrol requeue`) and resumes from that checkpoint; after SIGTERM it
+just ends, so a cancelled job stays cancelled and the next sweep reruns it.
+"""
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
+import signal
 import subprocess
+import sys
+from pathlib import Path
 from typing import Optional
+
+from scaleflow.errors import LaunchError
+from scaleflow.launch.base import Job, LaunchOutcome
+
+
+class TrainJob:
+    """The callable submitit runs on the node: train one run directory (or a segment)."""
+
+    def __init__(self, run_dir: str, until: int = 0, threads: int = 0):
+        self.run_dir, self.until, self.threads = run_dir, until, threads
+
+    def __call__(self) -> str:
+        from scaleflow.worker import StopFlag, execute_run, stop_on_signals
+
+        flag = StopFlag()
+        with stop_on_signals(flag):
+            summary = execute_run(Path(self.run_dir), self.threads, self.until, flag)
+        if summary["status"] == "interrupted" and flag.signal == signal.SIGUSR2:
+            _requeue_self()
+        return summary["status"]
+
+
+def _requeue_self() -> None:
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job_id = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+    if job_id:
+        subprocess.run(["scontrol", "requeue", job_id], check=False)
+
+
+def _check_cluster() -> None:
+    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
+        raise LaunchError("launcher=slurm but no SLURM client (sbatch, squeue) is on PATH; "
+                          "try scripts/slurm-local.sh start for a local cluster")
+    try:
+        out = subprocess.run(["squeue", "-h", "--me"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        raise LaunchError("launcher=slurm but the SLURM controller does not answer (squeue timed out)") from None
+    if out.returncode != 0:
+        raise LaunchError(f"launcher=slurm but no SLURM cluster answers: {out.stderr.strip().splitlines()[0] if out.stderr.strip() else 'squeue failed'}")
+
+
+class SlurmLauncher:
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def _executor(self, folder: Path):
+        import submitit
+
+        c = self.cfg
+        executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+        params = dict(
+            timeout_min=int(c.time_min), nodes=int(c.nodes), tasks_per_node=int(c.tasks_per_node),
+            cpus_per_task=int(c.cpus_per_task), slurm_array_parallelism=int(c.array_parallelism),
+            slurm_signal_delay_s=int(c.signal_delay_s), name="scaleflow",
+            slurm_setup=[str(line) for line in c.setup],
+            slurm_additional_parameters={"requeue": True, **{str(k): v for k, v in dict(c.extra).items()}},
+        )
+        if c.gpus_per_node:
+            params["gpus_per_node"] = int(c.gpus_per_node)
+        if c.mem_gb:
+            params["mem_gb"] = float(c.mem_gb)
+        for key in ("partition", "account", "qos", "constraint"):
+            if getattr(c, key):
+                params[f"slurm_{key}"] = str(getattr(c, key))
+        if c.python:
+            executor.update_parameters(slurm_python=str(c.python))
+        executor.update_parameters(**params)
+        return executor
+
+    def launch(self, jobs: list[Job]) -> LaunchOutcome:
+        """Submit every job and return at once: independent jobs as job arrays (chunked
+        under max_array_size), dependent ones one by one with --dependency=afterok."""
+        from scaleflow.store import write_job
+
+        _check_cluster()
+        outcome = LaunchOutcome()
+        if not jobs:
+            return outcome
+        folder = Path(jobs[0].run_dir).parent / "slurm"
+        threads = int(self.cfg.cpus_per_task)
+        independent = [j for j in jobs if j.after is None]
+        chunk = max(1, int(self.cfg.max_array_size))
+        try:
+            for start in range(0, len(independent), chunk):
+                part = independent[start : start + chunk]
+                executor = self._executor(folder)
+                with executor.batch():
+                    handles = [executor.submit(TrainJob(str(j.run_dir), j.until, threads)) for j in part]
+                for job, handle in zip(part, handles):
+                    job.job_id = handle.job_id
+            for job in jobs:  # in plan order, so a job's prerequisite is submitted before it
+                if job.after is None:
+                    continue
+                if job.after.job_id is None:
+                    raise LaunchError(f"{job.label}: its prerequisite was not submitted")
+                executor = self._executor(folder)
+                executor.update_parameters(slurm_additional_parameters={
+                    "requeue": True, "dependency": f"afterok:{job.after.job_id}", **dict(self.cfg.extra)})
+                job.job_id = executor.submit(TrainJob(str(job.run_dir), job.until, threads)).job_id
+        except LaunchError:
+            raise
+        except Exception as exc:  # submitit raises plain errors for sbatch failures
+            raise LaunchError(f"sbatch failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+        for job in jobs:
+            write_job(Path(job.run_dir), launcher="slurm", job_id=job.job_id, until=job.until)
+            outcome.submitted.append(job.job_id)
+        return outcome
 
 
 def queue_states() -> Optional[dict[str, str]]:
