@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -357,8 +358,26 @@ def validate(cfg: Any) -> None:
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
     _choice("launcher.name", cfg.launcher.name, ("local", "slurm"))
+    _check_sbatch_values(cfg.launcher)
     if t.extendable and (s.name != "constant" or (s.warmup_steps < 0 and s.warmup_tokens <= 0)):
         raise ConfigError("trainer.extendable needs schedule.name=constant and an absolute warmup")
+
+
+_SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_.,:@%+=/\[\]-]*$")
+
+
+def _check_sbatch_values(launcher: Any) -> None:
+    """Values that end up in #SBATCH lines: no newlines, spaces or shell syntax."""
+    values = {f"launcher.{k}": getattr(launcher, k) for k in ("partition", "account", "qos", "constraint", "python")}
+    for key, value in dict(launcher.extra).items():
+        values[f"launcher.extra key {key!r}"] = str(key)
+        values[f"launcher.extra.{key}"] = str(value)
+    for name, value in values.items():
+        if not _SBATCH_VALUE.match(str(value)):
+            raise ConfigError(f"{name}={value!r} may only hold letters, digits and _ . , : @ % + = / [ ] -")
+    for line in launcher.setup:
+        if "\n" in str(line) or "\r" in str(line):
+            raise ConfigError("each launcher.setup entry must be one line")
 
 
 def run_section(cfg: Any) -> dict:
@@ -380,10 +399,17 @@ def run_id(cfg: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def load_run_config(path: Path) -> DictConfig:
-    """A run's resolved config.yaml, checked against the schema."""
+def typed_config(values: Any) -> DictConfig:
+    """A plain dict (or loaded YAML) as a typed, validated Config."""
     with _config_errors():
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), values)
         OmegaConf.set_struct(cfg, True)
         validate(cfg)
     return cfg
+
+
+def load_run_config(path: Path) -> DictConfig:
+    """A run's resolved config.yaml, checked against the schema."""
+    with _config_errors():
+        values = OmegaConf.load(path)
+    return typed_config(values)

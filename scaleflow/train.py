@@ -8,6 +8,8 @@ model, the optimizer, the step and the RNG states; the data of a step is a pure 
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import math
 import os
@@ -138,7 +140,11 @@ def save_checkpoint(path: Path, model, optimizer, step: int, state: dict) -> Non
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         **state,
     }
-    atomic_write(path, lambda f: torch.save(payload, f))
+    # Serialise in memory first, so that a full disk fails in a plain write (OSError ENOSPC)
+    # rather than deep inside torch's zip writer.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: Path) -> Optional[dict]:
@@ -384,10 +390,16 @@ def _write_config(run_dir: Path, cfg, this_id: str) -> None:
 
 
 def _log(path: Path, line: dict) -> None:
-    with open(path, "a") as f:
-        f.write(_json_line(line))
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one metrics line. A torn last line (a kill mid-write) is skipped by readers."""
+    try:
+        with open(path, "a") as f:
+            f.write(_json_line(line))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreError(f"no space left on the device to write {path}; the run can resume from its last checkpoint") from None
+        raise
 
 
 def _json_line(line: dict) -> str:

@@ -72,10 +72,27 @@ def train_interruptible(cfg, run_dir: Path, flag: StopFlag | None = None, **trai
 
     run_dir = Path(run_dir)
     with run_lock(run_dir) if env_group().is_main else nullcontext():  # rank 0 holds the lock
+        finished = _finished_summary(run_dir, cfg)
+        if finished is not None:  # another process finished it while we waited to start
+            return finished
+        print(f"training {run_dir} (resume={cfg.resume})", flush=True)
         if flag is not None:
             return train(cfg, run_dir, should_stop=flag, **train_args)
         with stop_on_signals(StopFlag()) as own:
             return train(cfg, run_dir, should_stop=own, **train_args)
+
+
+def _finished_summary(run_dir: Path, cfg) -> dict | None:
+    """The summary of a run that already ended (done or diverged) at its planned length."""
+    from scaleflow.files import read_json
+    from scaleflow.train import plan_run
+
+    summary = read_json(run_dir / "summary.json")
+    if not cfg.resume or summary is None or summary.get("status") not in ("done", "diverged"):
+        return None
+    if summary["status"] == "done" and summary.get("steps", 0) < plan_run(cfg).steps:
+        return None  # an extended trunk: train on
+    return summary
 
 
 def execute_run(run_dir: Path, threads: int = 0, until: int = 0, flag: StopFlag | None = None) -> dict:

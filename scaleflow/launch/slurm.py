@@ -35,10 +35,15 @@ class TrainJob:
     def __call__(self) -> str:
         from scaleflow.worker import StopFlag, execute_run, stop_on_signals
 
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # data parallel: one task per rank
+            import submitit
+
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         flag = StopFlag()
         with stop_on_signals(flag):
             summary = execute_run(Path(self.run_dir), self.threads, self.until, flag)
-        if summary["status"] == "interrupted" and flag.signal == signal.SIGUSR2:
+        rank0 = int(os.environ.get("RANK", "0")) == 0
+        if summary["status"] == "interrupted" and flag.signal == signal.SIGUSR2 and rank0:
             _requeue_self()
         return summary["status"]
 
