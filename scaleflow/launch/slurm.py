@@ -43,8 +43,11 @@ class TrainJob:
         with stop_on_signals(flag):
             summary = execute_run(Path(self.run_dir), self.threads, self.until, flag)
         rank0 = int(os.environ.get("RANK", "0")) == 0
-        if summary["status"] == "interrupted" and flag.signal == signal.SIGUSR2 and rank0:
-            _requeue_self()
+        if summary["status"] == "interrupted" and flag.signal == signal.SIGUSR2:
+            if rank0:
+                _requeue_self()
+            # Leave without a result: submitit would otherwise record the job as finished.
+            raise SystemExit(0)
         return summary["status"]
 
 

@@ -1,0 +1,113 @@
+"""The SLURM launcher against the local cluster (scripts/slurm-local.sh): arrays, requeue,
+time limits, cancellation. Skipped, with the reason, where no cluster answers."""
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import metrics_without_timing
+from scaleflow.config import compose_study
+from scaleflow.files import read_json
+from scaleflow.launch.slurm import queue_states
+from scaleflow.store import run_dirs, study_states
+from scaleflow.sweep import sweep
+from slurm_util import cluster_available
+
+ok, reason = cluster_available()
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not ok, reason=reason)]
+
+STUDY = """
+defaults:
+  - config
+  - _self_
+study:
+  name: slurm_micro
+  kind: isoflop
+  budgets: [BUDGETS]
+  shapes:
+    - {n_layer: 1, d_model: 8, n_head: 1}
+    - {n_layer: 1, d_model: 16, n_head: 2}
+  min_steps: 10
+model: {seq_len: 32}
+trainer: {batch_size: 8, eval_every: 100, eval_sequences: 16, log_every: 10, checkpoint_every: 25}
+launcher: {max_parallel: 2, threads_per_run: 1, cpus_per_task: 1, mem_gb: 1}
+"""
+
+
+def _study(tmp_path, budgets="2e9, 4e9") -> Path:
+    path = tmp_path / "slurm_micro.yaml"
+    path.write_text(STUDY.replace("BUDGETS", budgets))
+    return path
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)  # polling a condition, not timing anything
+
+
+def _all_finished(study_dir: Path) -> bool:
+    return all(s.state in ("done", "diverged", "failed") for s in study_states(study_dir, queue_states()))
+
+
+def test_a_study_as_a_job_array_matches_the_local_run(tmp_path):
+    study = _study(tmp_path)
+    local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
+    sweep(compose_study(str(study), [f"study_dir={local_dir}"]), "isoflop")
+    started = time.monotonic()
+    report = sweep(compose_study(str(study), [f"study_dir={slurm_dir}", "launcher=slurm"]), "isoflop")
+    assert time.monotonic() - started < 30  # submission returns at once
+    assert len(report.outcome.submitted) == 4 and all("_" in j for j in report.outcome.submitted)  # one array
+    _wait(lambda: _all_finished(slurm_dir), 300, "the array to finish")
+    assert [s.state for s in study_states(slurm_dir, queue_states())] == ["done"] * 4
+    for run in run_dirs(local_dir):
+        local, remote = read_json(run / "summary.json"), read_json(slurm_dir / run.name / "summary.json")
+        assert remote["val_loss"] == local["val_loss"]
+
+
+def _one_long_run(tmp_path, extra: list[str]) -> tuple[Path, Path]:
+    study = _study(tmp_path, "2e10")
+    overrides = ["study.shapes=[{n_layer: 1, d_model: 8, n_head: 1}]", "trainer.log_every=50",
+                 "trainer.checkpoint_every=100"]
+    local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
+    sweep(compose_study(str(study), [f"study_dir={local_dir}", *overrides]), "isoflop")
+    sweep(compose_study(str(study), [f"study_dir={slurm_dir}", "launcher=slurm", *overrides, *extra]), "isoflop")
+    return run_dirs(local_dir)[0], run_dirs(slurm_dir)[0]
+
+
+def test_a_requeued_job_resumes_and_matches_an_undisturbed_run(tmp_path):
+    local_run, slurm_run = _one_long_run(tmp_path, [])
+    job_id = read_json(slurm_run / "job.json")["job_id"]
+    _wait(lambda: list((slurm_run / "checkpoints").glob("step_*.pt")), 120, "a first checkpoint")
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    _wait(lambda: (slurm_run / "summary.json").exists(), 300, "the requeued job to finish")
+    log = (slurm_run / "metrics.jsonl")
+    assert metrics_without_timing(slurm_run) == metrics_without_timing(local_run)
+    starts = len(list(Path(slurm_run.parent / "slurm").glob(f"{job_id.split('_')[0]}*")))
+    assert starts >= 1 and log.exists()
+
+
+def test_a_job_hitting_its_time_limit_checkpoints_requeues_and_finishes(tmp_path):
+    # time limit 1 min, signal 50 s before it: every attempt is cut after about 10 s.
+    local_run, slurm_run = _one_long_run(tmp_path, ["launcher.time_min=1", "launcher.signal_delay_s=50"])
+    _wait(lambda: (slurm_run / "summary.json").exists(), 400, "the job to finish across requeues")
+    assert metrics_without_timing(slurm_run) == metrics_without_timing(local_run)
+
+
+def test_a_cancelled_job_shows_failed_and_the_next_sweep_reruns_it(tmp_path):
+    study = _study(tmp_path, "2e10")
+    overrides = [f"study_dir={tmp_path / 's'}", "launcher=slurm", "study.shapes=[{n_layer: 1, d_model: 8, n_head: 1}]"]
+    cfg = compose_study(str(study), overrides)
+    report = sweep(cfg, "isoflop")
+    run = run_dirs(tmp_path / "s")[0]
+    _wait(lambda: queue_states().get(report.outcome.submitted[0]) == "RUNNING", 120, "the job to start")
+    subprocess.run(["scancel", report.outcome.submitted[0]], check=True)
+    _wait(lambda: report.outcome.submitted[0] not in queue_states(), 60, "the job to leave the queue")
+    assert study_states(tmp_path / "s", queue_states())[0].state == "failed"
+    again = sweep(cfg, "isoflop")
+    assert again.launched == 1
+    _wait(lambda: (run / "summary.json").exists(), 300, "the rerun to finish")
