@@ -83,6 +83,13 @@ def main() -> None:
     args = parser.parse_args()
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
     warmup = 10
+    if kind == "cuda" and not args.data:  # no token file given: random GPT-2-vocab tokens
+        import numpy as np
+
+        path = Path(tempfile.gettempdir()) / "scaleflow_bench_tokens.bin"
+        if not path.exists():
+            np.random.default_rng(0).integers(0, 50257, 50_000_000, dtype=np.uint16).tofile(path)
+        args.data = [f"data.paths=[{path}]", "trainer.batch_size=16", "trainer.precision=bf16", "trainer.compile=true"]
     print(f"device {args.device} ({torch.cuda.get_device_name() if kind == 'cuda' else 'CPU'}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'size':>8} {'params':>10} {'scaleflow tok/s':>16} {'bare tok/s':>12} {'FLOP/s':>10} {'ratio':>6}")

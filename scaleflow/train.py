@@ -402,6 +402,11 @@ def _log(path: Path, line: dict) -> None:
         raise
 
 
+def _mean(values) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
 def _json_line(line: dict) -> str:
     return json.dumps(line) + "\n"
 
@@ -432,6 +437,9 @@ def _write_summary(run_dir, cfg, plan: Plan, corpus, status, diverged_step, this
         "val_loss": final["val_loss"] if final else None,
         "val_bpb": final["val_loss"] / math.log(2) if final and corpus.byte_level else None,
         "initial_val_loss": lines[0].get("val_loss") if lines else None,
+        # Throughput over the log intervals after the first (which includes start-up).
+        "tokens_per_s": _mean(line.get("tokens_per_s") for line in lines[2:]),
+        "mfu": _mean(line.get("mfu") for line in lines[2:]),
         "diverged_step": diverged_step,
         "wall_time_s": wall,
         # The settings the collector needs, so that it never has to parse config.yaml.
