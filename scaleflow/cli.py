@@ -159,6 +159,12 @@ def sweep_lr_bs(args: StudyArgs = None, dry_run: DryRun = False, force: Force = 
     _run_sweep("lr_bs", args, "lr_bs_cpu", dry_run, force)
 
 
+@sweep_app.command("mup-transfer")
+def sweep_mup_transfer(args: StudyArgs = None, dry_run: DryRun = False, force: Force = False) -> None:
+    """LR x width grids in SP and muP: does the best LR transfer across width?"""
+    _run_sweep("mup_transfer", args, "mup_transfer_cpu", dry_run, force)
+
+
 @app.command()
 def status(study_dir: Annotated[Path, typer.Argument(help="a study directory, e.g. runs/isoflop_cpu")]) -> None:
     """Every run's state, progress, last loss and job id; exit 1 if any run failed."""

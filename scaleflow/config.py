@@ -158,7 +158,7 @@ class TrainerConfig:
 @dataclass
 class StudyConfig:
     name: str = "study"
-    kind: str = "isoflop"  # isoflop | lr_bs | decay_branches
+    kind: str = "isoflop"  # isoflop | lr_bs | decay_branches | mup_transfer
     budgets: list[float] = field(default_factory=list)  # training FLOPs per budget
     # The model ladder: explicit shapes, each a dict of model.* overrides ...
     shapes: list[Any] = field(default_factory=list)
@@ -179,6 +179,8 @@ class StudyConfig:
     branch_tokens_per_param: list[float] = field(default_factory=list)
     branch_grid: str = ""  # "linear:MIN:MAX:N" or "geometric:MIN:MAX:N" (tokens)
     decay_variants: list[Any] = field(default_factory=list)  # [{decay_shape, decay_fraction}]
+    # mup_transfer: LR x width grids, once per parametrization (the run length is trainer.*)
+    parametrizations: list[str] = field(default_factory=lambda: ["sp", "mup"])
 
 
 @dataclass

@@ -16,11 +16,12 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from scaleflow.config import ModelConfig, run_id
+from scaleflow.config import ModelConfig, MupConfig, run_id
 from scaleflow.counting import Counts, count
 from scaleflow.errors import ConfigError
 
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)}
+_MUP_KEYS = {f.name for f in fields(MupConfig)}
 
 
 @dataclass
@@ -76,6 +77,12 @@ def model_config(shape: dict) -> ModelConfig:
     unknown = set(shape) - _MODEL_KEYS
     if unknown:
         raise ConfigError(f"unknown model key(s) in the ladder: {', '.join(sorted(unknown))}")
+    mup = shape.get("mup", {})
+    if isinstance(mup, dict):
+        unknown = set(mup) - _MUP_KEYS
+        if unknown:
+            raise ConfigError(f"unknown model.mup key(s): {', '.join(sorted(unknown))}")
+        shape = {**shape, "mup": MupConfig(**mup)}
     return ModelConfig(**shape)
 
 
@@ -171,6 +178,44 @@ def lr_bs(cfg) -> list[RunSpec]:
                 label = f"C={budget:.3g} lr={lr:.3g} B={batch}"
                 specs.append(make_spec(run_base, shape, steps, budget=budget, label=label))
     _check_nonempty(specs, budgets, cfg)
+    return specs
+
+
+def mup_transfer(cfg) -> list[RunSpec]:
+    """LR x width grids in each parametrization, all runs of the same length (trainer.*).
+
+    Widths come from study.widths at depth model.n_layer, n_head = width / study.head_size;
+    under muP the base width is the narrowest width, so the narrowest model is the same in
+    both parametrizations and the others differ only by the muP rules.
+    """
+    s = cfg.study
+    if not s.widths or not s.lrs:
+        raise ConfigError("a mup_transfer study needs study.widths and study.lrs")
+    for p in s.parametrizations:
+        if p not in ("sp", "mup"):
+            raise ConfigError(f"study.parametrizations: {p!r} is not sp or mup")
+    base = _plain(cfg)
+    length = {k: cfg.trainer[k] for k in ("steps", "tokens", "flops")}
+    specs = []
+    for parametrization in s.parametrizations:
+        for width in sorted(s.widths):
+            shape = {**base["model"], "d_model": int(width), "n_head": max(1, int(width) // s.head_size),
+                     "parametrization": parametrization}
+            shape["mup"] = {**shape["mup"], "base_width": int(min(s.widths))}
+            counts = count(model_config(shape))
+            tokens_per_step = cfg.trainer.batch_size * shape["seq_len"]
+            if length["steps"]:
+                steps = int(length["steps"])
+            elif length["tokens"]:
+                steps = int(length["tokens"] // tokens_per_step)
+            else:
+                steps = int(length["flops"] / counts.flops_per_token(cfg.trainer.flop_count) // tokens_per_step)
+            if steps < max(1, s.min_steps):
+                raise ConfigError(f"width {width}: the run length gives {steps} steps, fewer than study.min_steps")
+            for lr in s.lrs:
+                run_base = copy.deepcopy(base)
+                run_base["optim"]["lr"] = float(lr)
+                specs.append(make_spec(run_base, shape, steps, label=f"{parametrization} d={width} lr={lr:.3g}"))
     return specs
 
 

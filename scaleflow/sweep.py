@@ -18,7 +18,7 @@ from scaleflow.launch.base import LaunchOutcome
 from scaleflow.plan import RunSpec
 from scaleflow.store import register, run_state, study_dir_for
 
-KINDS = {"isoflop": planners.isoflop, "lr_bs": planners.lr_bs}
+KINDS = {"isoflop": planners.isoflop, "lr_bs": planners.lr_bs, "mup_transfer": planners.mup_transfer}
 
 
 def plan_study(cfg, kind: str) -> list[RunSpec]:
