@@ -233,6 +233,16 @@ def collect(study_dir: Annotated[Path, typer.Argument(help="a study directory")]
     console.print(f"{len(collected.runs)} runs collected into {', '.join(str(p) for p in paths)}")
 
 
+def _register_commands() -> None:
+    """Commands that live in their own modules (they import nothing heavy at load time)."""
+    from scaleflow.cli_mup import register as register_mup
+
+    register_mup(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Entry point: one-line errors, exit 2 for bad input, 130 for Ctrl-C."""
     try:
