@@ -235,8 +235,10 @@ def collect(study_dir: Annotated[Path, typer.Argument(help="a study directory")]
 
 def _register_commands() -> None:
     """Commands that live in their own modules (they import nothing heavy at load time)."""
+    from scaleflow.cli_fit import register as register_fit
     from scaleflow.cli_mup import register as register_mup
 
+    register_fit(app)
     register_mup(app)
 
 

@@ -62,3 +62,16 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_for_bit(tmp_path, tiny_ov
     assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
     assert _worker(killed).wait(timeout=120) == 0
     assert metrics_without_timing(killed) == metrics_without_timing(reference)
+
+
+def test_noise_scale_is_logged_and_survives_resume(tmp_path, tiny_overrides):
+    overrides = tiny_overrides + ["trainer.steps=60", "trainer.grad_accum=2", "trainer.noise_scale=true",
+                                  "trainer.log_every=10", "trainer.checkpoint_every=30", "resume=true"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    train(compose_run(overrides), full)
+    lines = metrics_without_timing(full)
+    assert all(line["grad_noise_scale"] is None or line["grad_noise_scale"] > 0 for line in lines[1:])
+    assert lines[-1]["grad_noise_scale"] > 0
+    train(compose_run(overrides), split, until=30)
+    train(compose_run(overrides), split)
+    assert metrics_without_timing(split) == lines

@@ -1,0 +1,158 @@
+"""`scaleflow fit` and `scaleflow predict`: parse, call `scaleflow.fit.api`, render with rich.
+
+`register(app)` adds both commands to the main typer app. Nothing heavy is imported at
+module level (no numpy, pandas, scipy, matplotlib, and never torch): `--help` stays instant.
+Bad input raises ScaleflowError; the main entry point turns it into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from scaleflow.errors import FitError
+
+LAW_HELP = ("chinchilla (every approach the data supports), approach1 (envelope), approach2 (IsoFLOP), "
+            "approach3 (parametric L(N, D)), power (L = E + A x^-alpha; x = column mapped by --col x=..., "
+            "else flops), lr-bs (optimal learning rate and batch size against compute)")
+
+Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object to stdout.")]
+
+
+def _floats(text: Optional[str], option: str) -> tuple[float, ...]:
+    """"1e21,1e22" -> (1e21, 1e22); a bad or non-positive value is a FitError."""
+    if not text:
+        return ()
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise FitError(f"{option} takes comma-separated numbers, e.g. 1e21,1e22; got {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise FitError(f"{option} values must be positive numbers; got {text!r}")
+    return values
+
+
+def _columns(pairs: Optional[list[str]]) -> dict[str, str]:
+    out = {}
+    for p in pairs or []:
+        name, sep, column = p.partition("=")
+        if not sep or not name.strip() or not column:
+            raise FitError(f"--col takes name=Column (e.g. params=\"Model Size\"); got {p!r}")
+        out[name.strip()] = column
+    return out
+
+
+def _render(title: str, header: list[str], rows: list[list[Any]], text: str = "") -> None:
+    from rich.table import Table
+
+    from scaleflow.report import fmt
+
+    table = Table(title=title, title_justify="left", caption=text or None, caption_justify="left",
+                  min_width=len(title))
+    for h in header:
+        table.add_column(h, justify="right")
+    for r in rows:
+        table.add_row(*(v if isinstance(v, str) else fmt(v) for v in r))
+    _console().print(table)
+
+
+def _console(stderr: bool = False):
+    """A rich console at least 120 columns wide: pipes and logs get whole tables."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, width=max(Console(stderr=stderr).width, 120))
+
+
+def _print_json(d: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(d) + "\n")
+
+
+def fit(
+    source: Annotated[str, typer.Argument(help="CSV or parquet table, or a study directory.")],
+    law: Annotated[str, typer.Option("--law", help=LAW_HELP)] = "chinchilla",
+    col: Annotated[Optional[list[str]], typer.Option("--col", help="Map a column: name=Column (repeatable), "
+                                                     "e.g. --col params=\"Model Size\".")] = None,
+    where: Annotated[Optional[str], typer.Option("--where", help="Keep rows matching a pandas query on "
+                                                 "the mapped names, e.g. \"loss < 3.43\".")] = None,
+    param_count: Annotated[Optional[str], typer.Option("--param-count", help="Which N: non_embedding, "
+                                                       "with_head or total (uses column params_<choice>).")] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap replicates for intervals.")] = 200,
+    huber_delta: Annotated[float, typer.Option("--huber-delta", min=0.0, help="Huber delta on log loss.")] = 1e-3,
+    predict: Annotated[Optional[str], typer.Option("--predict", help="FLOP budgets to predict, e.g. 1e21,1e22.")] = None,
+    holdout_largest: Annotated[bool, typer.Option("--holdout-largest", help="Backtest: fit without the largest "
+                                                  "budget, compare with what it measured.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    as_json: Json = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write fit.json, plots (PNG, SVG), report.md "
+                                                "and report.html here.")] = None,
+) -> None:
+    """Fit scaling laws (Chinchilla approaches 1-3, power law, LR / batch size) to a study or a table."""
+    from scaleflow.fit.api import FitOptions, fit as run_fit
+    from scaleflow.report import sections, warnings_of, write
+
+    if not huber_delta > 0:
+        raise FitError("--huber-delta must be positive")
+    options = FitOptions(law=law, columns=_columns(col), where=where, param_count=param_count,
+                         n_bootstrap=bootstrap, huber_delta=huber_delta, predict=_floats(predict, "--predict"),
+                         holdout_largest=holdout_largest, seed=seed)
+    run = run_fit(source, options)
+    d = run.to_dict()
+    written = write(run, out, "scaleflow " + shlex.join(sys.argv[1:])) if out is not None else []
+    if as_json:
+        _print_json(d)
+        return
+    _console().print(f"[bold]{source}[/]: {d['n_points']} runs, law {law}, {bootstrap} bootstrap replicates")
+    for s in sections(d):
+        _render(s.title, s.header, s.rows, s.text)
+    err = _console(stderr=True)
+    for w in warnings_of(d):
+        err.print(f"[yellow]{w}[/]", markup=True, highlight=False)
+    if written:
+        _console().print(f"wrote {len(written)} files to {out}")
+
+
+def predict(
+    fit_json: Annotated[Path, typer.Argument(help="fit.json written by `scaleflow fit --out DIR`.")],
+    flops: Annotated[Optional[str], typer.Option("--flops", help="Budgets (FLOPs): best N, D and loss, "
+                                                 "e.g. 1e22,1e23.")] = None,
+    loss: Annotated[Optional[float], typer.Option("--loss", help="Target loss (nats/token): compute to reach it "
+                                                  "(or, with --tokens, the smallest model).")] = None,
+    tokens: Annotated[Optional[float], typer.Option("--tokens", help="Token budget for the smallest model "
+                                                    "reaching --loss (inference-aware).")] = None,
+    as_json: Json = False,
+) -> None:
+    """Answer from a saved fit: best loss for a budget, compute to reach a loss, smallest model for a loss."""
+    from scaleflow.fit.api import answer, load_saved
+    from scaleflow.report import fmt_ci
+
+    budgets = _floats(flops, "--flops")
+    if loss is None and (tokens is not None or not budgets):
+        raise FitError("give --flops BUDGETS, --loss L, or --loss L with --tokens T")
+    if (loss is not None and not loss > 0) or (tokens is not None and not tokens > 0):
+        raise FitError("--loss and --tokens must be positive")
+    d = answer(load_saved(fit_json), budgets, loss, tokens)
+    if as_json:
+        _print_json(d)
+        return
+    if "optimal" in d:
+        _render("Compute-optimal predictions", ["C (FLOPs)", "approach", "N_opt", "95% CI", "D_opt", "D/N", "loss",
+                                                "95% CI"],
+                [[o["flops"], o["approach"], o["params"], fmt_ci(o["params_ci"]), o["tokens"], o["tokens_per_param"],
+                  o["loss"], fmt_ci(o["loss_ci"])] for o in d["optimal"]])
+    if "compute_for_loss" in d:
+        _render(f"Compute to reach loss {loss}", ["approach", "C (FLOPs)", "95% CI", "N_opt", "D_opt"],
+                [[r["approach"], r["flops"], fmt_ci(r["flops_ci"]), r["params"], r["tokens"]] for r in d["compute_for_loss"]])
+    if "smallest_model" in d:
+        _render(f"Smallest model reaching loss {loss} on {tokens:.3g} tokens", ["approach", "N", "95% CI", "C (FLOPs)"],
+                [[r["approach"], r["params"], fmt_ci(r["params_ci"]), r["flops"]] for r in d["smallest_model"]])
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `fit` and `predict` commands to the main app."""
+    app.command("fit")(fit)
+    app.command("predict")(predict)

@@ -1,0 +1,38 @@
+"""Saturating power law of one variable: L = E + A x^-alpha (Hestness et al. 2017).
+
+x is any positive variable (FLOPs, parameters or tokens), L the loss in nats/token. Fitted on
+the engine of approach 3 (`parametric.py`, k = 1): summed Huber loss on log L in log-sum-exp
+form, variable-projection seeds, tight L-BFGS-B, point-resampling bootstrap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from scaleflow.fit.laws import SaturatingPowerLaw, check_table
+from scaleflow.fit.parametric import theta_to_params, bootstrap_lse, fit_lse, theta_status
+
+
+@dataclass(frozen=True)
+class PowerFitter:
+    """`PowerFitter(x="flops").fit(df)` -> SaturatingPowerLaw of df["loss"] against df[x]."""
+
+    x: str = "flops"
+    huber_delta: float = 1e-3
+    n_bootstrap: int = 0
+    seed: int = 0
+
+    def fit(self, df) -> SaturatingPowerLaw:
+        check_table(df, (self.x, "loss"), 4, "a power law with an irreducible term (3 parameters)")
+        X = np.log(np.asarray(df[self.x], float))[:, None]
+        logy = np.log(np.asarray(df["loss"], float))
+        res = fit_lse(X, logy, self.huber_delta, n_grid=200, n_seeds=4)
+        samples = bootstrap_lse(X, logy, self.huber_delta, res.x, self.n_bootstrap, self.seed)
+        status, message = theta_status(res, res.x[2:], X)
+        return SaturatingPowerLaw(
+            E=math.exp(res.x[0]), A=math.exp(res.x[1]), alpha=float(res.x[2]), huber_loss=float(res.fun),
+            n_points=len(logy), x_name=self.x, samples=theta_to_params(samples), status=status, message=message,
+        )
