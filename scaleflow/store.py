@@ -190,6 +190,7 @@ class Collected:
     curves: "object"  # pandas.DataFrame: evaluation curves (for approach 1)
     skipped: int  # unfinished or corrupt runs left out
     warnings: list[str]
+    history: "object" = None  # pandas.DataFrame: every metrics line (train loss, noise scale)
 
 
 _SUMMARY_COLUMNS = (
@@ -204,7 +205,7 @@ def collect(study_dir: Path, progress: Optional[Callable[[int], None]] = None) -
     """Gather every finished run (done or diverged) into one table; skip the rest, counted."""
     import pandas as pd
 
-    rows, curves, warnings, skipped = [], [], [], 0
+    rows, curves, history, warnings, skipped = [], [], [], [], 0
     for run_dir in run_dirs(study_dir):
         summary = read_json(run_dir / "summary.json")
         meta = read_json(run_dir / "run.json") or {}
@@ -220,6 +221,10 @@ def collect(study_dir: Path, progress: Optional[Callable[[int], None]] = None) -
         row["diverged"] = summary.get("status") == "diverged"
         rows.append(row)
         for line in read_jsonl(run_dir / "metrics.jsonl"):
+            if line.get("step", 0) > 0:
+                history.append({"run_id": run_dir.name, "step": line["step"], "tokens": line.get("tokens"),
+                                "train_loss": line.get("train_loss"), "val_loss": line.get("val_loss"),
+                                "grad_noise_scale": line.get("grad_noise_scale")})
             if line.get("val_loss") is not None and line.get("step", 0) > 0:
                 curves.append({"run_id": run_dir.name, "kind": row["kind"], "parent": row["parent"],
                                "step": line["step"], "tokens": line.get("tokens"), "flops": line.get("flops"),
@@ -229,7 +234,7 @@ def collect(study_dir: Path, progress: Optional[Callable[[int], None]] = None) -
     if skipped:
         warnings.insert(0, f"skipped {skipped} unfinished or corrupt run(s)")
     runs = pd.DataFrame(rows, columns=["run_id", "kind", "parent", "fork_step", "budget", "label", *_SUMMARY_COLUMNS, "loss", "diverged"])
-    return Collected(runs, pd.DataFrame(curves), skipped, warnings)
+    return Collected(runs, pd.DataFrame(curves), skipped, warnings, pd.DataFrame(history))
 
 
 def write_collected(study_dir: Path, collected: Collected) -> list[Path]:
