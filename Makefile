@@ -14,8 +14,11 @@ install:
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
 
+# The main job: the isoflop_cpu study (24 runs, a few minutes on 2 cores), then its fit.
 demo: install
-	$(BIN)/scaleflow train run_dir=runs/demo/train trainer.flops=2e11
+	$(BIN)/scaleflow sweep isoflop isoflop_cpu
+	$(BIN)/scaleflow fit runs/isoflop_cpu --out runs/isoflop_cpu/fit --predict 1e12,1e13 --bootstrap 200
+	@echo "report: runs/isoflop_cpu/fit/report.md and report.html"
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
