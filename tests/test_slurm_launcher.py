@@ -111,3 +111,62 @@ def test_a_cancelled_job_shows_failed_and_the_next_sweep_reruns_it(tmp_path):
     again = sweep(cfg, "isoflop")
     assert again.launched == 1
     _wait(lambda: (run / "summary.json").exists(), 300, "the rerun to finish")
+
+
+BRANCHES = """
+defaults:
+  - config
+  - override schedule: wsd
+  - _self_
+study:
+  name: slurm_branches
+  kind: decay_branches
+  shapes:
+    - {n_layer: 1, d_model: 8, n_head: 1}
+    - {n_layer: 1, d_model: 16, n_head: 2}
+  branch_grid: "linear:12800:38400:3"
+model: {seq_len: 32}
+trainer: {batch_size: 8, eval_every: 25, eval_sequences: 16, log_every: 5, checkpoint_every: 1000}
+schedule: {warmup_steps: 10, decay_fraction: 0.2}
+launcher: {max_parallel: 2, threads_per_run: 1, cpus_per_task: 1, mem_gb: 1}
+"""
+
+
+def test_decay_branches_on_slurm_match_the_local_study(tmp_path):
+    from scaleflow.branches import decay_branches
+
+    study = tmp_path / "slurm_branches.yaml"
+    study.write_text(BRANCHES)
+    local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
+    local = decay_branches(compose_study(str(study), [f"study_dir={local_dir}"]))
+    assert not local.outcome.failed
+    report = decay_branches(compose_study(str(study), [f"study_dir={slurm_dir}", "launcher=slurm"]))
+    # two trunks of three segments each, six branches, every branch queued before its trunk ends
+    assert len(report.outcome.submitted) == 12
+    _wait(lambda: _all_finished(slurm_dir), 400, "the branched study to finish")
+    for spec in local.specs:
+        local_summary = read_json(local_dir / spec.run_id / "summary.json")
+        slurm_summary = read_json(slurm_dir / spec.run_id / "summary.json")
+        assert slurm_summary["status"] == "done"
+        if spec.kind == "branch":
+            assert slurm_summary["val_loss"] == local_summary["val_loss"]
+            assert metrics_without_timing(slurm_dir / spec.run_id) == metrics_without_timing(local_dir / spec.run_id)
+
+
+def test_a_two_task_run_matches_the_one_task_run(tmp_path):
+    study = _study(tmp_path, "4e9")
+    common = ["study.shapes=[{n_layer: 1, d_model: 16, n_head: 2}]", "trainer.eval_every=20"]
+    one_dir, two_dir = tmp_path / "one", tmp_path / "two"
+    sweep(compose_study(str(study), [f"study_dir={one_dir}", "launcher=slurm", "trainer.grad_accum=2", *common]),
+          "isoflop")
+    sweep(compose_study(str(study), [f"study_dir={two_dir}", "launcher=slurm", "trainer.world_size=2",
+                                     "launcher.tasks_per_node=2", *common]), "isoflop")
+    _wait(lambda: _all_finished(one_dir) and _all_finished(two_dir), 300, "both runs")
+    one, two = run_dirs(one_dir)[0], run_dirs(two_dir)[0]
+    assert read_json(two / "summary.json")["status"] == "done", (two / "worker.log")
+    a, b = metrics_without_timing(one), metrics_without_timing(two)
+    assert [x["step"] for x in a] == [x["step"] for x in b]
+    for x, y in zip(a, b):
+        for key in ("train_loss", "val_loss"):
+            if key in x:
+                assert y[key] == pytest.approx(x[key], rel=1e-4)

@@ -140,3 +140,13 @@ def test_study_names_cannot_escape_the_runs_directory(study_file):
     from scaleflow.store import study_dir_for
     with pytest.raises(StoreError, match="plain name"):
         study_dir_for(cfg)
+
+
+def test_no_reachable_cluster_is_a_one_line_error(study_file, tmp_path):
+    import os
+
+    env = {**os.environ, "PATH": "/nonexistent"}
+    out = subprocess.run([sys.executable, "-m", "scaleflow.cli", "sweep", "isoflop", str(study_file),
+                          f"study_dir={tmp_path / 's'}", "launcher=slurm"], capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "no SLURM client" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
