@@ -19,7 +19,9 @@ from scaleflow.errors import FitError
 
 LAW_HELP = ("chinchilla (every approach the data supports), approach1 (envelope), approach2 (IsoFLOP), "
             "approach3 (parametric L(N, D)), power (L = E + A x^-alpha; x = column mapped by --col x=..., "
-            "else flops), lr-bs (optimal learning rate and batch size against compute)")
+            "else flops), lr-bs (optimal learning rate and batch size against compute), lr-transfer (optimal "
+            "learning rate per width and its drift, SP vs muP), critical-batch (noise-scale law B*/L^(1/alpha_B) "
+            "and the steps-tokens trade-off of a batch-size sweep; needs the training history)")
 
 Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object to stdout.")]
 
@@ -87,6 +89,9 @@ def fit(
     holdout_largest: Annotated[bool, typer.Option("--holdout-largest", help="Backtest: fit without the largest "
                                                   "budget, compare with what it measured.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    history: Annotated[Optional[Path], typer.Option("--history", help="Training history for critical-batch when "
+                                                    "SOURCE is a table: CSV/parquet of metrics lines (run_id, step, "
+                                                    "tokens, train_loss, val_loss, grad_noise_scale).")] = None,
     as_json: Json = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write fit.json, plots (PNG, SVG), report.md "
                                                 "and report.html here.")] = None,
@@ -99,7 +104,7 @@ def fit(
         raise FitError("--huber-delta must be positive")
     options = FitOptions(law=law, columns=_columns(col), where=where, param_count=param_count,
                          n_bootstrap=bootstrap, huber_delta=huber_delta, predict=_floats(predict, "--predict"),
-                         holdout_largest=holdout_largest, seed=seed)
+                         holdout_largest=holdout_largest, seed=seed, history=str(history) if history else None)
     run = run_fit(source, options)
     d = run.to_dict()
     written = write(run, out, "scaleflow " + shlex.join(sys.argv[1:])) if out is not None else []

@@ -207,6 +207,14 @@ def plot_all(run: FitRun, out: Path) -> list[str]:
         names.append(_plot_power(r["power"], run.data.table, out, plt))
     if "lr_bs" in r:
         names += _plot_lr_bs(r["lr_bs"], out, plt)
+    if "lr_transfer" in r:
+        from scaleflow.fit.transfer import plot
+
+        names += plot(r["lr_transfer"], out, plt)
+    if "critical_batch" in r:
+        from scaleflow.fit.critical_batch import plot
+
+        names += plot(r["critical_batch"], out, plt)
     return names
 
 
@@ -256,6 +264,10 @@ def sections(d: dict[str, Any]) -> list[Section]:
                                                         "near-optimal", "status"],
                            [[b["flops"], b["n_runs"], b["lr"], b["batch"], b["loss"], b["n_near_optimal"], b["status"]]
                             for b in h["budgets"]]))
+    if "lr_transfer" in d or "critical_batch" in d:
+        from scaleflow.fit import critical_batch, transfer
+
+        out += transfer.sections(d) + critical_batch.sections(d)
     if d.get("optimal"):
         out.append(Section("Compute-optimal predictions",
                            ["C (FLOPs)", "approach", "N_opt", "95% CI", "D_opt", "95% CI", "D/N", "loss", "95% CI"],
@@ -276,7 +288,7 @@ def sections(d: dict[str, Any]) -> list[Section]:
 def warnings_of(d: dict[str, Any]) -> list[str]:
     """Notes, skipped approaches and doubtful statuses of a fit's JSON dict, one line each."""
     lines = [f"note: {n}" for n in d["notes"]] + [f"skipped {k}: {v}" for k, v in d.get("skipped", {}).items()]
-    for name in ("approach3", "approach2", "approach1", "power", "lr_bs"):
+    for name in ("approach3", "approach2", "approach1", "power", "lr_bs", "lr_transfer", "critical_batch"):
         if name in d and (d[name].get("status") != "ok" or d[name].get("message")):
             lines.append(f"{name} {d[name]['status']}: {d[name]['message']}")
     return lines

@@ -39,16 +39,20 @@ class FitOptions:
     holdout_largest: bool = False
     seed: int = 0
     budget_rtol: float = 0.1  # runs whose FLOPs agree within this fraction share a budget
+    history: str | None = None  # a CSV / parquet of metrics lines (run_id, step, tokens, train_loss, ...)
 
 
 @dataclass(frozen=True, eq=False)
 class FitData:
-    """The prepared inputs: `table` (one row per finished run) and `curves` (approach 1)."""
+    """The prepared inputs: `table` (one row per finished run), `curves` (approach 1) and
+    `history` (every metrics line: run_id, step, tokens, train_loss, val_loss,
+    grad_noise_scale; None without a study directory or `--history FILE`)."""
 
     table: Any
     curves: Any = None
     notes: tuple[str, ...] = ()
     excluded: dict[str, Any] = field(default_factory=dict)
+    history: Any = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,22 +82,26 @@ class FitRun:
 
 
 def load_source(source: str | Path):
-    """(runs table, curves or None, notes) from a CSV/parquet file or a study directory."""
-    import pandas as pd
-
+    """(runs table, curves or None, notes, history or None) from a CSV/parquet file or a study directory."""
     path = Path(source)
     if path.is_dir():
         from scaleflow.store import collect
 
         c = collect(path)
-        return c.runs, c.curves, tuple(getattr(c, "warnings", ()) or ())
+        return c.runs, c.curves, tuple(getattr(c, "warnings", ()) or ()), getattr(c, "history", None)
+    return _read_table(path, source), None, (), None
+
+
+def _read_table(path: Path, source: str | Path):
+    import pandas as pd
+
     if not path.exists():
         raise FitError(f"no such file or study directory: {source}")
     readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
     if path.suffix.lower() not in readers:
         raise FitError(f"cannot read {source}: expected a .csv or .parquet table, or a study directory")
     try:
-        return readers[path.suffix.lower()](path), None, ()
+        return readers[path.suffix.lower()](path)
     except Exception as exc:  # a corrupt or unreadable file is the user's to fix
         raise FitError(f"cannot read {source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
@@ -158,7 +166,7 @@ def _study_curves(runs, curves, params_col: str):
     return pd.concat(parts, ignore_index=True).dropna() if parts else None
 
 
-def prepare(runs, curves, options: FitOptions, notes: tuple[str, ...] = ()) -> FitData:
+def prepare(runs, curves, options: FitOptions, notes: tuple[str, ...] = (), history=None) -> FitData:
     """Map columns, pick the parameter count, drop trunks and diverged runs, filter, derive."""
     notes_l, excluded = list(notes), {}
     df = _map_columns(runs, options.columns, options.param_count)
@@ -189,7 +197,7 @@ def prepare(runs, curves, options: FitOptions, notes: tuple[str, ...] = ()) -> F
         curves = _study_curves(df, curves, pc if pc in curves.columns else "params")
     else:
         curves = _table_curves(df)
-    return FitData(df, curves, tuple(notes_l), excluded)
+    return FitData(df, curves, tuple(notes_l), excluded, history)
 
 
 # ----------------------------------------------------------------------------- laws
@@ -376,14 +384,22 @@ def _holdout(data: FitData, o: FitOptions) -> dict[str, Any]:
 
 def fit(source: str | Path | Any, options: FitOptions = FitOptions()) -> FitRun:
     """Load SOURCE (a path, or a DataFrame), prepare it and run `options.law`."""
+    import scaleflow.fit.critical_batch  # noqa: F401  (these modules register their laws)
+    import scaleflow.fit.transfer  # noqa: F401
+
     if options.law not in LAWS:
         raise FitError(f"unknown law {options.law!r}; choose one of: {', '.join(LAWS)}")
     if isinstance(source, (str, Path)):
-        runs, curves, notes = load_source(source)
+        runs, curves, notes, history = load_source(source)
         name = str(source)
     else:
-        runs, curves, notes, name = source, None, (), "<DataFrame>"
-    data = prepare(runs, curves, options, notes)
+        runs, curves, notes, history, name = source, None, (), None, "<DataFrame>"
+    if options.history:
+        try:
+            history = _read_table(Path(options.history), options.history)
+        except FitError as exc:
+            raise FitError(f"--history: {exc}") from None
+    data = prepare(runs, curves, options, notes, history)
     from scaleflow.fit.parametric import one_blas_thread
 
     with one_blas_thread():  # small problems: idle BLAS threads would only steal the optimiser's core

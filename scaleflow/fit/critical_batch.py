@@ -1,0 +1,519 @@
+"""The critical batch size against loss (`scaleflow fit --law critical-batch`).
+
+science.md section 6 (McCandlish et al. 2018; Kaplan et al. 2020). Two measurements, shown
+side by side; batch sizes in tokens throughout.
+
+(a) Noise scale. From the training history (metrics lines with `grad_noise_scale`, in tokens,
+logged with trainer.noise_scale=true and trainer.grad_accum >= 2): B_simple against the
+train loss (per run smoothed by a centred running median over `smooth` log lines; each
+run's first `skip_fraction` of steps is left out, while the bias-corrected EMA of the
+estimator is still dominated by few steps), fitted by log-log least squares as
+B_crit(L) = B* / L^(1/alpha_B) (Kaplan: B* ~ 2e8 tokens, alpha_B ~ 0.21). Intervals resample
+blocks of `block_steps` consecutive steps of one run (the trainer's EMA, beta 0.99, keeps
+about 100 steps of memory, so neighbouring log lines are not independent).
+
+(b) Steps-tokens trade-off. From a batch-size sweep (runs of one model at 2 or more batch
+sizes): for target losses spread over the range every batch size reaches, S = the first
+step at which the loss curve reaches the target (the `val_loss` curve when every run logged
+at least 4 evaluations, else the smoothed train loss; linear interpolation between log
+lines; with several runs at one batch size, e.g. an LR grid, the fastest), E = S B tokens.
+S = S_min (1 + B_crit / B), equivalently (S/S_min - 1)(E/E_min - 1) = 1, is linear in 1/B:
+S = S_min + E_min / B, fitted by least squares on relative residuals; B_crit = E_min / S_min.
+Intervals resample the relative residuals (with 2 batch sizes the fit is exact: no interval).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from scaleflow.errors import FitError
+from scaleflow.fit.api import FitData, FitOptions, register_law
+from scaleflow.fit.laws import DOUBTFUL, OK, Law, jsonable, loglinear, percentile_interval, resample_weights
+
+NO_NOISE_SCALE = ("no grad_noise_scale in the training history: train with trainer.noise_scale=true "
+                  "trainer.grad_accum>=2 (a micro-batch is the small batch of the estimator)")
+MODEL_COLUMNS = ("params", "n_layer", "d_model", "n_head", "seq_len", "parametrization")
+# Target losses of (b), as fractions of the loss range every batch size reaches, from its low end: weighted to
+# late training, where B_crit matters and the LR warmup no longer sets the pace.
+TARGET_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.35)
+
+
+def _bcrit(L, B_star, alpha_B):
+    with np.errstate(all="ignore"):
+        return B_star / L ** (1.0 / alpha_B)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class NoiseScaleLaw(Law):
+    """B_crit(L) = B_star / L^(1/alpha_B): the gradient noise scale (tokens) against loss (nats/token)."""
+
+    PARAMS: ClassVar[tuple[str, ...]] = ("B_star", "alpha_B")
+    FUNCS: ClassVar[dict] = {"predict": _bcrit}
+    B_star: float
+    alpha_B: float
+    n_points: int = 0
+    n_runs: int = 0
+    loss_range: tuple[float, float] = (math.nan, math.nan)
+    rms_log_residual: float = math.nan
+    resampled: str = ""
+
+    def __call__(self, loss: Any) -> np.ndarray:
+        return self.evaluate("predict", loss)
+
+    def _extra(self) -> dict[str, Any]:
+        return {"unit": "tokens", "n_points": self.n_points, "n_runs": self.n_runs, "loss_range": list(self.loss_range),
+                "rms_log_residual": self.rms_log_residual, "resampled": self.resampled}
+
+
+@dataclass(frozen=True, eq=False)
+class TargetFit:
+    """S = S_min + E_min / B at one target loss: the batch-size sweep's steps and tokens to reach it."""
+
+    loss: float
+    batch: np.ndarray  # tokens per step, one per batch size that reached the target
+    steps: np.ndarray
+    S_min: float
+    E_min: float
+    samples: np.ndarray  # (R, 2) replicates of (S_min, E_min)
+    status: str = OK
+    message: str = ""
+    b_simple: float = math.nan  # the noise-scale law at this loss (tokens)
+    b_simple_ci: tuple[float, float] = (math.nan, math.nan)
+
+    @property
+    def B_crit(self) -> float:
+        return self.E_min / self.S_min if self.S_min > 0 and self.E_min > 0 else math.nan
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return self.steps * self.batch
+
+    @property
+    def ci(self) -> dict[str, list[float]]:
+        s = self.samples if len(self.samples) else np.empty((0, 2))
+        with np.errstate(all="ignore"):
+            bc = np.where((s[:, 0] > 0) & (s[:, 1] > 0), s[:, 1] / s[:, 0], np.nan)
+        lo, hi = percentile_interval(np.column_stack([s, bc]))
+        return {k: [float(lo[i]), float(hi[i])] for i, k in enumerate(("S_min", "E_min", "B_crit"))}
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({
+            "loss": self.loss, "S_min": self.S_min, "E_min": self.E_min, "B_crit": self.B_crit, "ci": self.ci,
+            "B_simple": self.b_simple, "B_simple_ci": list(self.b_simple_ci),
+            "ratio": self.B_crit / self.b_simple if self.b_simple > 0 else math.nan,
+            "batch_tokens": self.batch, "steps": self.steps, "tokens": self.tokens,
+            "status": self.status, "message": self.message,
+        })
+
+
+@dataclass(frozen=True, eq=False)
+class Tradeoff:
+    """One model's batch-size sweep: its batch sizes and the fit at each target loss."""
+
+    model: str
+    batch: np.ndarray  # tokens per step, distinct
+    loss_column: str  # val_loss or train_loss
+    targets: tuple[TargetFit, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({"model": self.model, "batch_tokens": self.batch, "loss_column": self.loss_column,
+                         "targets": [t.to_dict() for t in self.targets]})
+
+
+@dataclass(frozen=True, eq=False)
+class CriticalBatchResult:
+    """(a) the noise-scale law (or None) and (b) the trade-off fits (possibly empty)."""
+
+    noise: NoiseScaleLaw | None
+    tradeoffs: tuple[Tradeoff, ...]
+    points: tuple[np.ndarray, np.ndarray]  # (loss, noise scale) of (a), for the plot
+    status: str = OK
+    message: str = ""
+
+    def to_dict(self, include_samples: bool = False) -> dict[str, Any]:
+        rows = [{"model": t.model, "loss": f.loss, "B_crit": f.B_crit, "B_crit_ci": f.ci["B_crit"],
+                 "B_simple": f.b_simple, "B_simple_ci": list(f.b_simple_ci),
+                 "ratio": f.B_crit / f.b_simple if f.b_simple > 0 else math.nan, "S_min": f.S_min, "E_min": f.E_min,
+                 "n_batch_sizes": len(f.batch), "status": f.status}
+                for t in self.tradeoffs for f in t.targets]
+        return jsonable({
+            "unit": "tokens", "noise_scale": self.noise.to_dict(include_samples) if self.noise else None,
+            "tradeoff": [t.to_dict() for t in self.tradeoffs], "table": rows,
+            "status": self.status, "message": self.message,
+        })
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    """Centred running median (shrinking at the ends); no lag on a steady trend."""
+    if window <= 1 or len(y) < 3:
+        return y.copy()
+    h = window // 2
+    return np.array([np.median(y[max(0, i - h):i + h + 1]) for i in range(len(y))])
+
+
+def first_reach(steps: np.ndarray, loss: np.ndarray, target: float) -> float:
+    """First step at which the non-increasing envelope of `loss` reaches `target`, linearly
+    interpolated between log lines; NaN if never reached or already reached at the first line."""
+    env = np.minimum.accumulate(loss)
+    hit = np.flatnonzero(env <= target)
+    if not len(hit) or hit[0] == 0:
+        return math.nan
+    k = hit[0]
+    l0, l1 = env[k - 1], env[k]
+    return float(steps[k - 1] + (steps[k] - steps[k - 1]) * (l0 - target) / (l0 - l1))
+
+
+def fit_tradeoff(batch: np.ndarray, steps: np.ndarray, n_bootstrap: int = 200,
+                 seed: int = 0) -> tuple[float, float, np.ndarray]:
+    """(S_min, E_min, (R, 2) replicates) of S = S_min + E_min / B by least squares on S's
+    relative residuals; replicates resample the residuals (none with 2 batch sizes)."""
+    B, S = np.asarray(batch, float), np.asarray(steps, float)
+    A = np.column_stack([np.ones_like(B), 1.0 / B]) / S[:, None]
+    coef = np.linalg.lstsq(A, np.ones_like(S), rcond=None)[0]
+    if len(B) <= 2 or not n_bootstrap:
+        return float(coef[0]), float(coef[1]), np.empty((0, 2))
+    fitted = coef[0] + coef[1] / B
+    if not (fitted > 0).all():
+        return float(coef[0]), float(coef[1]), np.empty((0, 2))
+    r = np.log(S / fitted) * math.sqrt(len(B) / (len(B) - 2))
+    rng = np.random.default_rng(seed)
+    Sb = fitted * np.exp(r[rng.integers(0, len(B), size=(n_bootstrap, len(B)))])  # (R, n)
+    X = np.column_stack([np.ones_like(B), 1.0 / B])  # solve each replicate's 2x2 normal equations
+    W = 1.0 / Sb**2
+    G = np.einsum("rn,ni,nj->rij", W, X, X)
+    rhs = np.einsum("rn,ni,rn->ri", W, X, Sb)
+    return float(coef[0]), float(coef[1]), np.linalg.solve(G, rhs[..., None])[..., 0]
+
+
+def _runs_of(history, table):
+    """History restricted to the table's runs (when both name them), sorted by run and step."""
+    h = history
+    if "run_id" in h.columns and "run_id" in table.columns:
+        h = h[h["run_id"].isin(set(table["run_id"]))]
+        if not len(h):
+            raise FitError("the history's run ids match none of the runs in the table (after dropping diverged "
+                           "runs and applying --where)")
+    elif "run_id" not in h.columns:
+        h = h.assign(run_id="all")
+    return h.sort_values(["run_id", "step"]) if "step" in h.columns else h
+
+
+def _col(df, name: str) -> np.ndarray:
+    try:
+        return np.asarray(df[name], dtype=float)
+    except (TypeError, ValueError):
+        raise FitError(f"history column {name!r} is not numeric") from None
+
+
+# ----------------------------------------------------------------------------- fitter
+
+@dataclass(frozen=True)
+class CriticalBatchFitter:
+    """`CriticalBatchFitter(n_bootstrap=200).fit(table, history)` -> (CriticalBatchResult, skipped)."""
+
+    n_bootstrap: int = 200
+    seed: int = 0
+    smooth: int = 5  # log lines in the running median of the train loss
+    skip_fraction: float = 0.1  # of each run's steps left out of (a)
+    block_steps: int = 100  # bootstrap block of (a): consecutive steps of one run
+    targets: tuple[float, ...] | None = None  # target losses of (b); default: TARGET_FRACTIONS of the range
+    min_val_points: int = 4
+
+    def fit(self, table, history) -> tuple[CriticalBatchResult, dict[str, str]]:
+        if history is None or not len(history):
+            raise FitError("the critical-batch analysis needs the training history (metrics lines): give a study "
+                           "directory, or a table with --history FILE (columns run_id, step, train_loss, "
+                           "grad_noise_scale)")
+        if "step" not in history.columns:
+            raise FitError("the training history needs a 'step' column")
+        h = _runs_of(history, table)
+        skipped: dict[str, str] = {}
+        noise = points = None
+        try:
+            noise, points = self.fit_noise(h)
+        except FitError as exc:
+            skipped["noise_scale"] = str(exc)
+        tradeoffs: list[Tradeoff] = []
+        try:
+            tradeoffs = self.fit_tradeoffs(table, h, noise)
+        except FitError as exc:
+            skipped["tradeoff"] = str(exc)
+        if noise is None and not tradeoffs:
+            raise FitError(f"{skipped['noise_scale']}; steps-tokens trade-off: {skipped['tradeoff']}")
+        problems = ([f"noise scale: {noise.message}"] if noise is not None and noise.status != OK else [])
+        problems += [f"{t.model + ', ' if len(tradeoffs) > 1 else ''}loss {f.loss:.4g}: {f.message}"
+                     for t in tradeoffs for f in t.targets if f.status != OK]
+        status = DOUBTFUL if problems else OK
+        pts = points if points is not None else (np.empty(0), np.empty(0))
+        return CriticalBatchResult(noise, tuple(tradeoffs), pts, status, "; ".join(problems)), skipped
+
+    # (a) -------------------------------------------------------------------
+    def fit_noise(self, h) -> tuple[NoiseScaleLaw, tuple[np.ndarray, np.ndarray]]:
+        if "grad_noise_scale" not in h.columns:
+            raise FitError(NO_NOISE_SCALE)
+        if "train_loss" not in h.columns:
+            raise FitError("the training history has no train_loss column to set the noise scale against")
+        run, block, L, Bn = [], [], [], []
+        for rid, g in h.groupby("run_id", sort=True):
+            steps, loss, ns = _col(g, "step"), _col(g, "train_loss"), _col(g, "grad_noise_scale")
+            ok = np.isfinite(loss) & (loss > 0)
+            steps, loss, ns = steps[ok], _smooth(loss[ok], self.smooth), ns[ok]
+            keep = np.isfinite(ns) & (ns > 0) & (steps >= self.skip_fraction * (steps.max() if len(steps) else 0))
+            run += [rid] * int(keep.sum())
+            block += [f"{rid}/{int(v // max(1, self.block_steps))}" for v in steps[keep]]
+            L.append(loss[keep])
+            Bn.append(ns[keep])
+        L, Bn = (np.concatenate(v) if v else np.empty(0) for v in (L, Bn))
+        if not len(L):
+            raise FitError(NO_NOISE_SCALE)
+        if len(L) < 3:
+            raise FitError(f"the noise-scale law needs at least 3 logged noise scales; got {len(L)}")
+        if np.log(L.max() / L.min()) < 0.01:
+            raise FitError(f"the noise-scale law needs a range of losses; all lie within 1% ({L.min():.4g} to "
+                           f"{L.max():.4g})")
+        k, e = loglinear(L, Bn)
+        runs = np.unique(run)
+        blocks, idx = np.unique(np.asarray(block), return_inverse=True)
+        resampled = f"{len(blocks)} blocks of {self.block_steps} steps"
+        samples = np.empty((0, 2))
+        if self.n_bootstrap:
+            W = resample_weights(np.random.default_rng(self.seed), len(blocks), self.n_bootstrap)[:, idx]
+            kb, eb = loglinear(L, Bn, W)
+            with np.errstate(divide="ignore"):
+                samples = np.column_stack([kb, -1.0 / eb])
+            samples = samples[np.isfinite(samples).all(axis=1)]
+        rms = float(np.sqrt(np.mean((np.log(Bn) - np.log(k) - e * np.log(L)) ** 2)))
+        status, message = OK, ""
+        if not e < 0:
+            status, message = DOUBTFUL, (f"the noise scale does not grow as the loss falls (log-log slope {e:+.3g}); "
+                                         "alpha_B is not meaningful")
+        law = NoiseScaleLaw(B_star=float(k), alpha_B=float(-1.0 / e) if e != 0 else math.nan, samples=samples,
+                            status=status, message=message, n_points=len(L), n_runs=len(runs),
+                            loss_range=(float(L.min()), float(L.max())), rms_log_residual=rms, resampled=resampled)
+        return law, (L, Bn)
+
+    # (b) -------------------------------------------------------------------
+    def fit_tradeoffs(self, table, h, noise: NoiseScaleLaw | None) -> list[Tradeoff]:
+        if "run_id" not in table.columns or "run_id" not in h.columns:
+            raise FitError("needs run ids (column run_id) to join runs with their history")
+        bt = self._batch_tokens(table, h)
+        t = table.assign(_batch=bt)
+        t = t[np.isfinite(bt) & (bt > 0) & t["run_id"].isin(set(h["run_id"]))]
+        keys = [c for c in MODEL_COLUMNS if c in t.columns]
+        groups = ([(self._label(k if isinstance(k, tuple) else (k,), keys), g)
+                   for k, g in t.groupby(keys, sort=True, dropna=False)] if keys else [("model", t)])
+        found = {name: g["_batch"].nunique() for name, g in groups}
+        usable = [(name, g) for name, g in groups if g["_batch"].nunique() >= 2]
+        if not usable:
+            most = max(found.values(), default=0)
+            raise FitError(f"needs a batch-size sweep (runs of one model at 2 or more batch sizes); the runs with a "
+                           f"history have at most {most} batch size(s) per model")
+        out, reasons = [], []
+        for name, g in usable:
+            try:
+                out.append(self._tradeoff(name, g, h, noise))
+            except FitError as exc:
+                reasons.append(f"{name}: {exc}")
+        if not out:
+            raise FitError("; ".join(reasons))
+        return out
+
+    @staticmethod
+    def _label(values: tuple, keys: list[str]) -> str:
+        return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in zip(keys, values))
+
+    @staticmethod
+    def _batch_tokens(table, h) -> np.ndarray:
+        """Tokens per step of each run: batch_tokens, else batch_size x seq_len, else the history's tokens / step."""
+        n = len(table)
+        out = np.full(n, np.nan)
+        if "batch_tokens" in table.columns:
+            out = np.asarray(pd_numeric(table["batch_tokens"]), float)
+        if {"batch_size", "seq_len"} <= set(table.columns):
+            alt = np.asarray(pd_numeric(table["batch_size"]), float) * np.asarray(pd_numeric(table["seq_len"]), float)
+            out = np.where(np.isfinite(out), out, alt)
+        if "tokens" in h.columns and not np.isfinite(out).all():
+            with np.errstate(all="ignore"):
+                per = (h.assign(_r=_col(h, "tokens") / _col(h, "step")).groupby("run_id")["_r"].median())
+            alt = table["run_id"].map(per).to_numpy(float)
+            out = np.where(np.isfinite(out), out, alt)
+        return out
+
+    def _tradeoff(self, name: str, g, h, noise: NoiseScaleLaw | None) -> Tradeoff:
+        hh = h[h["run_id"].isin(set(g["run_id"]))]
+        use_val = "val_loss" in hh.columns and all(
+            np.isfinite(_col(r, "val_loss")).sum() >= self.min_val_points for _, r in hh.groupby("run_id"))
+        column = "val_loss" if use_val else "train_loss"
+        if column not in hh.columns:
+            raise FitError("the history has neither val_loss nor train_loss")
+        curves: dict[float, list[tuple[np.ndarray, np.ndarray]]] = {}
+        batch_of = dict(zip(g["run_id"], g["_batch"]))
+        for rid, r in hh.groupby("run_id"):
+            s, y = _col(r, "step"), _col(r, column)
+            ok = np.isfinite(s) & np.isfinite(y) & (s > 0)
+            if ok.sum() < 3:
+                continue
+            y = y[ok] if use_val else _smooth(y[ok], self.smooth)
+            curves.setdefault(float(batch_of[rid]), []).append((s[ok], y))
+        if len(curves) < 2:
+            raise FitError(f"fewer than 2 batch sizes have a {column} curve of 3 or more log lines")
+        lo = max(min(c[1].min() for c in cs) for cs in curves.values())  # lowest loss every batch size reaches
+        hi = min(max(c[1][0] for c in cs) for cs in curves.values())  # below every curve's first line
+        targets = self.targets or tuple(lo + f * (hi - lo) for f in TARGET_FRACTIONS)
+        if not self.targets and not hi > lo:
+            raise FitError(f"the batch sizes' {column} curves share no loss range to compare steps over")
+        B = np.array(sorted(curves))
+        fits = []
+        for i, L in enumerate(targets):
+            S = np.array([min((first_reach(s, y, L) for s, y in curves[b]), key=lambda v: (math.isnan(v), v))
+                          for b in B])
+            ok = np.isfinite(S)
+            fits.append(self._target(float(L), B[ok], S[ok], noise, i))
+        return Tradeoff(name, B, column, tuple(fits))
+
+    def _target(self, L: float, B: np.ndarray, S: np.ndarray, noise, i: int) -> TargetFit:
+        bs = (math.nan, math.nan)
+        b_simple = math.nan
+        if noise is not None:
+            b_simple = float(noise(L))
+            bs = tuple(float(v) for v in noise.interval("predict", L))
+        if len(B) < 2:
+            return TargetFit(L, B, S, math.nan, math.nan, np.empty((0, 2)), DOUBTFUL,
+                             "reached at fewer than 2 batch sizes", b_simple, bs)
+        s_min, e_min, samples = fit_tradeoff(B, S, self.n_bootstrap, self.seed + i)
+        status, message = OK, ""
+        if not s_min > 0:
+            status, message = DOUBTFUL, (f"steps fall as fast as 1/B up to the largest batch: B_crit lies above "
+                                         f"{B.max():.3g} tokens")
+        elif not e_min > 0:
+            status, message = DOUBTFUL, (f"steps do not fall with the batch size: B_crit lies below "
+                                         f"{B.min():.3g} tokens")
+        elif not B.min() <= e_min / s_min <= B.max():
+            status, message = DOUBTFUL, (f"B_crit = {e_min / s_min:.3g} tokens lies outside the swept batch sizes "
+                                         f"({B.min():.3g} to {B.max():.3g}): extrapolated")
+        return TargetFit(L, B, S, s_min, e_min, samples, status, message, b_simple, bs)
+
+
+def pd_numeric(s):
+    import pandas as pd
+
+    return pd.to_numeric(s, errors="coerce")
+
+
+def _critical_batch(data: FitData, o: FitOptions) -> dict[str, Any]:
+    res, skipped = CriticalBatchFitter(n_bootstrap=o.n_bootstrap, seed=o.seed).fit(data.table, data.history)
+    return {"critical_batch": res, "skipped": skipped}
+
+
+register_law("critical-batch", _critical_batch)
+
+
+# ----------------------------------------------------------------------------- report
+
+def plot(res: CriticalBatchResult, out: Path, plt) -> list[str]:
+    """critical_batch.png/svg: left, the noise scale against loss with its law and the trade-off's
+    B_crit per target loss; right, steps against tokens to reach each target, with the fitted
+    hyperbola (S/S_min - 1)(E/E_min - 1) = 1."""
+    from scaleflow.report import _save
+
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.5))
+    ax = axes[0]
+    L, Bn = res.points
+    if len(L):
+        ax.scatter(L, Bn, s=6, color="0.6", label="logged noise scale")
+    if res.noise is not None:
+        span = [*res.noise.loss_range, *(f.loss for t in res.tradeoffs for f in t.targets)]
+        Ls = np.geomspace(min(span), max(span), 100)
+        ax.plot(Ls, res.noise(Ls), color="C1",
+                label=f"B_simple = {res.noise.B_star:.3g} / L^(1/{res.noise.alpha_B:.3g})")
+        band = res.noise.interval("predict", Ls)
+        ax.fill_between(Ls, band[0], band[1], color="C1", alpha=0.2, lw=0)
+    ys = list(Bn)
+    for j, t in enumerate(res.tradeoffs):
+        color = f"C{j % 8}"
+        label = f"B_crit = E_min/S_min ({t.model})" if len(res.tradeoffs) > 1 else "B_crit = E_min/S_min"
+        ok = [x for x in t.targets if np.isfinite(x.B_crit) and x.status == OK]
+        if ok:
+            ci = np.array([x.ci["B_crit"] for x in ok]).T
+            y = np.array([x.B_crit for x in ok])
+            err = np.where(np.isfinite(ci), np.abs(ci - y), 0.0)
+            ax.errorbar([x.loss for x in ok], y, yerr=err, fmt="s", ms=5, color=color, capsize=3, label=label)
+            ys += list(y)
+        bad = [x for x in t.targets if np.isfinite(x.B_crit) and x.status != OK]
+        if bad:
+            ax.scatter([x.loss for x in bad], [x.B_crit for x in bad], marker="s", s=25, facecolors="none",
+                       edgecolors=color, label="B_crit, doubtful (outside the swept batch sizes)")
+    if ys:
+        ys = np.array(ys)
+        ax.set_ylim(ys[ys > 0].min() / 3, ys.max() * 3)  # doubtful B_crit far off may leave the frame
+    ax.set(xscale="log", yscale="log", xlabel="loss (nats/token)", ylabel="batch size (tokens)",
+           title="critical batch size against loss")
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    cmap = plt.get_cmap("viridis")
+    for t in res.tradeoffs[:1]:
+        for i, f in enumerate(t.targets):
+            color = cmap(i / max(1, len(t.targets) - 1))
+            ax.scatter(f.tokens, f.steps, color=color, s=18, label=f"loss {f.loss:.3g}")
+            if f.S_min > 0 and f.E_min > 0:
+                lo, hi = f.batch.min() / 2, f.batch.max() * 2  # the fitted curve over the swept batch sizes
+                Bs = np.geomspace(lo, hi, 100)
+                S = f.S_min * (1 + f.B_crit / Bs)
+                ax.plot(S * Bs, S, color=color, lw=1)
+                if lo <= f.B_crit <= hi:
+                    ax.scatter([2 * f.E_min], [2 * f.S_min], marker="*", s=90, color=color, edgecolor="k", zorder=3)
+        ax.set_title("steps S vs tokens E to reach a loss (*: B = B_crit)"
+                     + (f"\n{t.model}" if len(res.tradeoffs) > 1 else ""), fontsize=9)
+    if not res.tradeoffs:
+        ax.text(0.5, 0.5, "no batch-size sweep", ha="center", va="center", transform=ax.transAxes)
+    ax.set(xscale="log", yscale="log", xlabel="tokens E", ylabel="steps S")
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    if res.tradeoffs:
+        ax.legend(fontsize=7)
+    fig.suptitle("Critical batch size: noise scale (a) and steps-tokens trade-off (b)")
+    return [_save(fig, out, "critical_batch")]
+
+
+def sections(d: dict[str, Any]) -> list:
+    """Report tables of the `critical_batch` entry of a fit's JSON dict (none without one)."""
+    from scaleflow.report import Section, fmt_ci
+
+    if "critical_batch" not in d:
+        return []
+    r, out = d["critical_batch"], []
+    n = r["noise_scale"]
+    if n:
+        out.append(Section("Critical batch (a): noise scale B_simple = B* / L^(1/alpha_B) (tokens)",
+                           ["param", "value", "95% CI"],
+                           [[p, n[p], fmt_ci(n["ci"][p])] for p in ("B_star", "alpha_B")],
+                           f"{n['n_points']} logged noise scales from {n['n_runs']} runs, train loss "
+                           f"{n['loss_range'][0]:.4g} to {n['loss_range'][1]:.4g}; rms log residual "
+                           f"{n['rms_log_residual']:.3g}; intervals resample {n['resampled']}."))
+    if r["table"]:
+        many = len(r["tradeoff"]) > 1
+        model = (lambda x: [x["model"]]) if many else (lambda x: [])
+        caption = "; ".join(f"{t['model']}: steps to reach each loss from {t['loss_column']}, batch sizes "
+                            f"{', '.join(f'{b:.4g}' for b in t['batch_tokens'])} tokens" for t in r["tradeoff"])
+        out.append(Section("Critical batch (b): steps-tokens trade-off S = S_min (1 + B_crit / B)",
+                           ["model"] * many + ["loss", "batch sizes", "S_min (steps)", "E_min (tokens)", "B_crit",
+                                              "95% CI", "status"],
+                           [model(x) + [x["loss"], x["n_batch_sizes"], x["S_min"], x["E_min"], x["B_crit"],
+                                        fmt_ci(x["B_crit_ci"]), x["status"]] for x in r["table"]], caption))
+        out.append(Section("Critical batch: B_crit from the trade-off beside B_simple from the noise scale (tokens)",
+                           ["model"] * many + ["loss", "B_crit", "95% CI", "B_simple", "95% CI", "B_crit / B_simple"],
+                           [model(x) + [x["loss"], x["B_crit"], fmt_ci(x["B_crit_ci"]), x["B_simple"],
+                                        fmt_ci(x["B_simple_ci"]), x["ratio"]] for x in r["table"]],
+                           "B_simple: the fitted law (a) at that loss; '-' where (a) was skipped."))
+    return out
