@@ -27,7 +27,7 @@ from scaleflow.launch import Job, make_launcher
 from scaleflow.plan import RunSpec, _plain, ladder, make_spec, model_config
 from scaleflow.counting import count
 from scaleflow.store import register, run_state, study_dir_for
-from scaleflow.train import checkpoint_path, list_checkpoints
+from scaleflow.checkpoints import checkpoint_path, list_checkpoints
 
 
 def _warmup_steps(cfg, tokens_per_step: int) -> int:

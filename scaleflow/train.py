@@ -9,7 +9,6 @@ model, the optimizer, the step and the RNG states; the data of a step is a pure 
 from __future__ import annotations
 
 import errno
-import io
 import json
 import math
 import os
@@ -29,7 +28,8 @@ from scaleflow.counting import Counts, count
 from scaleflow.distributed import Group, any_rank, env_group, mean, setup, teardown
 from scaleflow.data import batch_offsets, check_length, gather, load_corpus, validation_offsets
 from scaleflow.errors import ConfigError, StoreError
-from scaleflow.files import atomic_write, read_jsonl, write_json, write_text
+from scaleflow.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from scaleflow.files import read_jsonl, write_json, write_text
 from scaleflow.model import GPT
 
 DEFAULT_STEPS = 200  # run length when none of trainer.steps/tokens/flops is given
@@ -112,64 +112,6 @@ def build_optimizer(model: GPT, cfg, device: torch.device) -> torch.optim.AdamW:
     groups = model.param_groups(o.weight_decay, mults)
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                              fused=device.type == "cuda")
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return run_dir / "checkpoints" / f"step_{step:08d}.pt"
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every checkpoint file, oldest first."""
-    found = []
-    for path in (run_dir / "checkpoints").glob("step_*.pt"):
-        try:
-            found.append((int(path.stem.split("_")[1]), path))
-        except ValueError:
-            continue
-    return sorted(found)
-
-
-def save_checkpoint(path: Path, model, optimizer, step: int, state: dict) -> None:
-    payload = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": step,
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        **state,
-    }
-    # Serialise in memory first, so that a full disk fails in a plain write (OSError ENOSPC)
-    # rather than deep inside torch's zip writer.
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
-
-
-def load_checkpoint(path: Path) -> Optional[dict]:
-    """A checkpoint's contents, or None if it is truncated or corrupt. Never unpickles code."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # any unreadable file is treated as absent: fall back to an older one
-        return None
-
-
-def latest_checkpoint(run_dir: Path, at_most: Optional[int] = None) -> Optional[dict]:
-    """The newest readable checkpoint (at or before step `at_most`)."""
-    for step, path in reversed(list_checkpoints(run_dir)):
-        if at_most is not None and step > at_most:
-            continue
-        ckpt = load_checkpoint(path)
-        if ckpt is not None:
-            return ckpt
-    return None
-
-
-def prune_checkpoints(run_dir: Path, keep: int, protected: set[int]) -> None:
-    periodic = [(s, p) for s, p in list_checkpoints(run_dir) if s not in protected]
-    for _, path in periodic[:-keep] if keep > 0 else periodic:
-        path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- training

@@ -126,7 +126,8 @@ def recreate_checkpoint(trunk_dir: Path, step: int) -> None:
     import shutil
 
     from scaleflow.config import load_run_config
-    from scaleflow.train import checkpoint_path, list_checkpoints, train
+    from scaleflow.checkpoints import checkpoint_path, list_checkpoints
+    from scaleflow.train import train
 
     trunk_dir = Path(trunk_dir)
     cfg = load_run_config(trunk_dir / "config.yaml")

@@ -11,7 +11,8 @@ from scaleflow.branches import accounting, decay_branches, plan
 from scaleflow.config import compose_study, load_run_config
 from scaleflow.errors import ConfigError, StoreError
 from scaleflow.files import read_json
-from scaleflow.train import checkpoint_path, train
+from scaleflow.checkpoints import checkpoint_path
+from scaleflow.train import train
 
 STUDY = """
 defaults:

@@ -42,7 +42,9 @@ def test_two_processes_match_one_and_resume(tmp_path):
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     (resumed / "config.yaml").write_text((two / "config.yaml").read_text())
-    assert _torchrun(resumed, until=10).returncode == 0
+    out = _torchrun(resumed, until=10)
+    assert out.returncode == 0, out.stderr[-2000:]
     assert not (resumed / "summary.json").exists()
-    assert _torchrun(resumed).returncode == 0
+    out = _torchrun(resumed)
+    assert out.returncode == 0, out.stderr[-2000:]
     assert metrics_without_timing(resumed) == metrics_without_timing(two)

@@ -19,7 +19,8 @@ from scaleflow.errors import ScaleflowError, StoreError
 from scaleflow.files import read_json, write_json
 from scaleflow.store import collect, run_dirs, study_states
 from scaleflow.sweep import sweep
-from scaleflow.train import checkpoint_path, latest_checkpoint, list_checkpoints, train
+from scaleflow.checkpoints import checkpoint_path, latest_checkpoint, list_checkpoints
+from scaleflow.train import train
 
 pytestmark = pytest.mark.faults
 

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import metrics_without_timing
 from scaleflow.config import compose_run
-from scaleflow.train import list_checkpoints, train
+from scaleflow.checkpoints import list_checkpoints
+from scaleflow.train import train
 
 
 def test_a_100k_model_cuts_its_validation_loss_by_40_percent(tmp_path):
