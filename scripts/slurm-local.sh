@@ -12,6 +12,13 @@
 #           files), nothing else.
 #   status  print which daemons run and `sinfo`; exit 0 only if the cluster answers.
 #
+# A start when none of the cluster's daemons runs (after `stop`, a reboot, a crash, or on a
+# machine restored from a disk image) begins a fresh cluster: the job state and accounting
+# records left on disk are discarded. Their jobs cannot be running any more, and state saved
+# by slurmctld and by MariaDB at different moments disagrees about job ids: slurmctld hands
+# out ids the accounting database already holds, and `sacct` then reports another job's
+# state (seen in CI: new jobs read as PENDING forever).
+#
 # No systemd: the daemons are started directly, so this works in containers and CI runners.
 # Accounting (slurmdbd + MariaDB) is not optional: without it `sacct` fails and submitit reads
 # every job state as UNKNOWN, so `result()` on a cancelled job would wait forever.
@@ -447,10 +454,32 @@ wait_node_ready() {
     die "node $HOST not idle after ${TIMEOUT}s (state: '${state:-no answer}'); see $LOG_DIR/slurmctld.log and $LOG_DIR/slurmd.log"
 }
 
+# True when none of the daemons that keep job state (MariaDB, slurmdbd, slurmctld, slurmd)
+# runs, whoever started them.
+cluster_cold() {
+    local comm
+    for comm in mariadbd slurmdbd slurmctld slurmd; do
+        if any_pid "$comm" >/dev/null; then return 1; fi
+    done
+    return 0
+}
+
+# Discards the job state and accounting database of an earlier start (see the header).
+discard_old_state() {
+    local dir found=0
+    for dir in "$MYSQL_DIR" "$STATE_DIR/slurmctld" "$STATE_DIR/slurmd"; do
+        if [[ -d $dir && -n $(ls -A "$dir" 2>/dev/null) ]]; then found=1; fi
+    done
+    [[ $found == 1 ]] || return 0
+    log "no cluster daemon runs: starting a fresh cluster (discarding old job state and accounting)"
+    rm -rf "$MYSQL_DIR" "$STATE_DIR/slurmctld" "$STATE_DIR/slurmd"
+}
+
 cmd_start() {
     need_root start
     mkdir -p "$LOG_DIR"
     install_packages
+    if cluster_cold; then discard_old_state; fi
     write_config
     # A changed slurm.conf only takes effect after a restart of the daemons that read it.
     if [[ $CONFIG_CHANGED == 1 ]]; then
