@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from scaleflow import schedules
-from scaleflow.config import load_run_config, run_id
+from scaleflow.config import load_run_config
 from scaleflow.errors import ConfigError, StoreError
 from scaleflow.files import read_json
 from scaleflow.launch import Job, make_launcher
@@ -31,11 +31,9 @@ from scaleflow.checkpoints import checkpoint_path, list_checkpoints
 
 
 def _warmup_steps(cfg, tokens_per_step: int) -> int:
-    s = cfg.schedule
-    if s.warmup_tokens > 0:
-        return int(np.ceil(s.warmup_tokens / tokens_per_step))
-    if s.warmup_steps >= 0:
-        return s.warmup_steps
+    warmup = schedules.absolute_warmup(cfg.schedule, tokens_per_step)
+    if warmup is not None:
+        return warmup
     raise ConfigError("decay branches need an absolute warmup, the same for every budget: "
                       "set schedule.warmup_steps or schedule.warmup_tokens")
 
@@ -228,11 +226,17 @@ class BranchReport:
     outcome: object = None
 
 
-def decay_branches(cfg, from_dir: Optional[Path] = None, force: bool = False, console=None) -> BranchReport:
-    """Plan, register and launch a decay-branch study (or new branches of one trunk)."""
+def plan_study(cfg, from_dir: Optional[Path] = None) -> list[RunSpec]:
+    """The trunks and branches of a decay-branch study, or new branches of the trunk in
+    `from_dir` (pure but for reading that trunk's files)."""
     if cfg.study.kind != "decay_branches":
         raise ConfigError(f"study {cfg.study.name!r} is a {cfg.study.kind} study, not decay_branches")
-    specs = specs_from_trunk(cfg, from_dir) if from_dir else plan(cfg)
+    return specs_from_trunk(cfg, from_dir) if from_dir else plan(cfg)
+
+
+def decay_branches(cfg, from_dir: Optional[Path] = None, force: bool = False, console=None) -> BranchReport:
+    """Plan, register and launch a decay-branch study (or new branches of one trunk)."""
+    specs = plan_study(cfg, from_dir)
     study_dir = Path(from_dir).parent if from_dir else study_dir_for(cfg)
     dirs = register(study_dir, specs, cfg.study.name, "decay_branches", force=force)
     report = BranchReport(specs, study_dir, accounting(specs))

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from scaleflow.errors import ConfigError, ScaleflowError
+from scaleflow.errors import ScaleflowError
 
 app = typer.Typer(
     help="Plan, run and fit language-model scaling-law studies.",
@@ -137,7 +137,7 @@ def _print_outcome(report) -> None:
     if out.busy:
         console.print(f"{len(out.busy)} run(s) were being trained by another process and were left to it")
     if out.interrupted:
-        err_console.print(f"interrupted: every run checkpointed; run the same command again to resume")
+        err_console.print("interrupted: every run checkpointed; run the same command again to resume")
         raise typer.Exit(130)
     if out.failed:
         err_console.print(f"{len(out.failed)} job(s) failed: {', '.join(out.failed[:5])}; see worker.log in their run directories")
@@ -199,15 +199,13 @@ def decay_branches_cmd(
     from_dir: Annotated[Optional[Path], typer.Option("--from", help="fork new branches off this existing trunk run directory")] = None,
 ) -> None:
     """WSD decay branches: one stable-phase trunk per model, a decay branch per budget."""
-    from scaleflow.branches import accounting, decay_branches, plan, specs_from_trunk
+    from scaleflow.branches import accounting, decay_branches, plan_study
     from scaleflow.config import compose_study
 
     study, overrides = _study_and_overrides(args, "decay_branches_cpu")
     cfg = compose_study(study, overrides)
     if dry_run:
-        if cfg.study.kind != "decay_branches":
-            raise ConfigError(f"study {cfg.study.name!r} is a {cfg.study.kind} study, not decay_branches")
-        specs = specs_from_trunk(cfg, from_dir) if from_dir else plan(cfg)
+        specs = plan_study(cfg, from_dir)
         _print_plan(specs, cfg.study.throughput, f"{cfg.study.name}: trunks and branches (dry run, nothing launched)")
         acc = accounting(specs)
         console.print(f"branched plan: {acc.branched_flops:.3g} FLOPs; the same budgets as independent runs: "
@@ -239,7 +237,7 @@ def _register_commands() -> None:
     from scaleflow.cli_mup import register as register_mup
 
     register_fit(app)
-    register_mup(app)
+    register_mup(app, console)
 
 
 _register_commands()

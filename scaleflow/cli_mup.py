@@ -6,7 +6,6 @@ imports (torch, matplotlib) happen inside the command so that `--help` stays ins
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,15 +13,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console(width=None if sys.stdout.isatty() else 160)
-
 _Overrides = Annotated[Optional[list[str]], typer.Argument(
     help="Hydra overrides, e.g. model.n_layer=2 model/mup=cerebras (model.d_model is set per width)",
     show_default=False)]
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `coord-check` command to `app`."""
+def register(app: typer.Typer, console: Console) -> None:
+    """Add the `coord-check` command to `app`, printing to `console` (the CLI's)."""
 
     @app.command("coord-check")
     def coord_check_cmd(
@@ -49,11 +46,11 @@ def register(app: typer.Typer) -> None:
         )
         csv_path = write_csv(result, out / "coord_check.csv")
         png_path = plot(result, out / "coord_check.png")
-        _print_growth(result, GROWTH_FLAG)
+        _print_growth(console, result, GROWTH_FLAG)
         console.print(f"wrote {csv_path} and {png_path}")
 
 
-def _print_growth(result, flag: float) -> None:
+def _print_growth(console: Console, result, flag: float) -> None:
     narrow, wide = result.widths[0], result.widths[-1]
     growth = {(g["parametrization"], g["module"]): g for g in result.growth()}
     console.print(f"mean |x| growth from width {narrow} to {wide} at step {result.steps} (lr {result.lr:g}, "

@@ -128,6 +128,22 @@ def make_spec(base: dict, shape: dict, steps: int, **meta) -> RunSpec:
     return RunSpec(config, run_id(config), counts, steps, config["trainer"]["batch_size"] * shape["seq_len"], **meta)
 
 
+def steps_for_flops(flops: float, counts: Counts, flop_count: str, tokens_per_step: int) -> int:
+    """Whole steps of `tokens_per_step` tokens that fit in `flops` training FLOPs."""
+    return int(flops / counts.flops_per_token(flop_count) // tokens_per_step)
+
+
+def run_steps(trainer, counts: Counts, tokens_per_step: int) -> Optional[int]:
+    """A run's length in steps from trainer.steps, .tokens or .flops; None when none is given."""
+    if trainer.steps:
+        return int(trainer.steps)
+    if trainer.tokens:
+        return int(trainer.tokens // tokens_per_step)
+    if trainer.flops:
+        return steps_for_flops(trainer.flops, counts, trainer.flop_count, tokens_per_step)
+    return None
+
+
 def _label(counts: Counts, param_count: str, budget: float) -> str:
     n = counts.params(param_count)
     return f"C={budget:.3g} N={n / 1e3:.1f}k" if n < 1e6 else f"C={budget:.3g} N={n / 1e6:.1f}M"
@@ -141,7 +157,7 @@ def isoflop(cfg) -> list[RunSpec]:
     for budget in budgets:
         for shape in shapes:
             counts = count(model_config(shape))
-            steps = int(budget / counts.flops_per_token(t.flop_count) // (t.batch_size * shape["seq_len"]))
+            steps = steps_for_flops(budget, counts, t.flop_count, t.batch_size * shape["seq_len"])
             if steps < cfg.study.min_steps:
                 continue
             tokens_per_param = steps * t.batch_size * shape["seq_len"] / counts.params(t.param_count)
@@ -149,7 +165,7 @@ def isoflop(cfg) -> list[RunSpec]:
                 continue
             specs.append(make_spec(base, shape, steps, budget=budget, label=_label(counts, t.param_count, budget)))
     _check_nonempty(specs, budgets, cfg)
-    return specs
+    return _unique(specs)
 
 
 def lr_bs(cfg) -> list[RunSpec]:
@@ -168,7 +184,7 @@ def lr_bs(cfg) -> list[RunSpec]:
         shape = shapes[i if len(shapes) > 1 else 0]
         counts = count(model_config(shape))
         for batch in s.batch_sizes:
-            steps = int(budget / counts.flops_per_token(cfg.trainer.flop_count) // (batch * shape["seq_len"]))
+            steps = steps_for_flops(budget, counts, cfg.trainer.flop_count, batch * shape["seq_len"])
             if steps < s.min_steps:
                 continue
             for lr in s.lrs:
@@ -178,7 +194,7 @@ def lr_bs(cfg) -> list[RunSpec]:
                 label = f"C={budget:.3g} lr={lr:.3g} B={batch}"
                 specs.append(make_spec(run_base, shape, steps, budget=budget, label=label))
     _check_nonempty(specs, budgets, cfg)
-    return specs
+    return _unique(specs)
 
 
 def mup_transfer(cfg) -> list[RunSpec]:
@@ -195,7 +211,6 @@ def mup_transfer(cfg) -> list[RunSpec]:
         if p not in ("sp", "mup"):
             raise ConfigError(f"study.parametrizations: {p!r} is not sp or mup")
     base = _plain(cfg)
-    length = {k: cfg.trainer[k] for k in ("steps", "tokens", "flops")}
     specs = []
     for parametrization in s.parametrizations:
         for width in sorted(s.widths):
@@ -203,13 +218,7 @@ def mup_transfer(cfg) -> list[RunSpec]:
                      "parametrization": parametrization}
             shape["mup"] = {**shape["mup"], "base_width": int(min(s.widths))}
             counts = count(model_config(shape))
-            tokens_per_step = cfg.trainer.batch_size * shape["seq_len"]
-            if length["steps"]:
-                steps = int(length["steps"])
-            elif length["tokens"]:
-                steps = int(length["tokens"] // tokens_per_step)
-            else:
-                steps = int(length["flops"] / counts.flops_per_token(cfg.trainer.flop_count) // tokens_per_step)
+            steps = run_steps(cfg.trainer, counts, cfg.trainer.batch_size * shape["seq_len"]) or 0
             if steps < max(1, s.min_steps):
                 raise ConfigError(f"width {width}: the run length gives {steps} steps, fewer than study.min_steps")
             for lr in s.lrs:
@@ -225,8 +234,11 @@ def _check_nonempty(specs: list[RunSpec], budgets: list[float], cfg) -> None:
             f"every budget ({', '.join(f'{b:.3g}' for b in budgets)} FLOPs) is too small for every model: "
             f"no run reaches study.min_steps={cfg.study.min_steps} steps"
         )
-    if len({s.run_id for s in specs}) != len(specs):
-        seen: dict[str, RunSpec] = {}
-        for spec in specs:
-            seen.setdefault(spec.run_id, spec)
-        specs[:] = list(seen.values())
+
+
+def _unique(specs: list[RunSpec]) -> list[RunSpec]:
+    """The specs without repeats (a shape or budget listed twice gives the same run id)."""
+    unique: dict[str, RunSpec] = {}
+    for spec in specs:
+        unique.setdefault(spec.run_id, spec)
+    return list(unique.values())

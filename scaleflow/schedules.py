@@ -18,8 +18,19 @@ Multi-step (DeepSeek LLM): 1 until 80% of the steps, 0.316 until 90%, then 0.1.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
+
+
+def absolute_warmup(schedule, tokens_per_step: int) -> Optional[int]:
+    """Warmup in steps from schedule.warmup_tokens or schedule.warmup_steps; None when the
+    warmup is relative (warmup_steps < 0: 5% of the run, which depends on its length)."""
+    if schedule.warmup_tokens > 0:
+        return math.ceil(schedule.warmup_tokens / tokens_per_step)
+    if schedule.warmup_steps >= 0:
+        return schedule.warmup_steps
+    return None
 
 
 def decay_steps(total: int, fraction: float) -> int:

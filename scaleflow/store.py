@@ -14,6 +14,7 @@ scheduler second, so `squeue` alone is enough on clusters without accounting.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -135,8 +136,6 @@ def last_metrics(run_dir: Path) -> Optional[dict]:
             tail = f.read().decode(errors="replace").splitlines()
     except OSError:
         return None
-    import json
-
     for line in reversed(tail):
         try:
             obj = json.loads(line)
@@ -241,13 +240,15 @@ def write_collected(study_dir: Path, collected: Collected) -> list[Path]:
     """runs.parquet, runs.csv and curves.parquet in the study directory (atomically)."""
     from scaleflow.files import atomic_write
 
+    runs, curves = collected.runs, collected.curves
+    writers = {
+        "runs.parquet": lambda f: runs.to_parquet(f, index=False),
+        "runs.csv": lambda f: runs.to_csv(f, index=False),
+        "curves.parquet": lambda f: curves.to_parquet(f, index=False),
+    }
     out = []
-    for name, frame in (("runs", collected.runs), ("curves", collected.curves)):
-        for ext, write in (("parquet", lambda f, fr=frame: fr.to_parquet(f, index=False)),
-                           ("csv", lambda f, fr=frame: fr.to_csv(f, index=False))):
-            if name == "curves" and ext == "csv":
-                continue
-            path = Path(study_dir) / f"{name}.{ext}"
-            atomic_write(path, write)
-            out.append(path)
+    for name, write in writers.items():
+        path = Path(study_dir) / name
+        atomic_write(path, write)
+        out.append(path)
     return out

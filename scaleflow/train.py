@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from omegaconf import DictConfig, OmegaConf
 
 from scaleflow import schedules
-from scaleflow.config import Config, run_id, run_section
+from scaleflow.config import run_id
 from scaleflow.counting import Counts, count
 from scaleflow.distributed import Group, any_rank, env_group, mean, setup, teardown
 from scaleflow.data import batch_offsets, check_length, gather, load_corpus, validation_offsets
@@ -31,6 +31,7 @@ from scaleflow.errors import ConfigError, StoreError
 from scaleflow.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from scaleflow.files import read_jsonl, write_json, write_text
 from scaleflow.model import GPT
+from scaleflow.plan import run_steps
 
 DEFAULT_STEPS = 200  # run length when none of trainer.steps/tokens/flops is given
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s
@@ -54,13 +55,8 @@ def plan_run(cfg) -> Plan:
     t = cfg.trainer
     tokens_per_step = t.batch_size * cfg.model.seq_len
     fpt = counts.flops_per_token(t.flop_count)
-    if t.steps:
-        steps = t.steps
-    elif t.tokens:
-        steps = int(t.tokens // tokens_per_step)
-    elif t.flops:
-        steps = int(t.flops / fpt // tokens_per_step)
-    else:
+    steps = run_steps(t, counts, tokens_per_step)
+    if steps is None:
         steps = DEFAULT_STEPS
     if steps < 1:
         raise ConfigError(
@@ -68,11 +64,8 @@ def plan_run(cfg) -> Plan:
             f"({fpt * tokens_per_step:.3g} FLOPs); give a longer trainer.tokens/flops/steps"
         )
     s = cfg.schedule
-    if s.warmup_tokens > 0:
-        warmup = math.ceil(s.warmup_tokens / tokens_per_step)
-    elif s.warmup_steps >= 0:
-        warmup = s.warmup_steps
-    else:
+    warmup = schedules.absolute_warmup(s, tokens_per_step)
+    if warmup is None:
         warmup = max(1, round(0.05 * steps))
     if s.name == "wsd" and warmup > schedules.decay_start(steps, s.decay_fraction):
         raise ConfigError(

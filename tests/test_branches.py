@@ -1,10 +1,6 @@
 """WSD decay branches: exactness, compute accounting, re-sweeps, --from and bad input."""
 
-import copy
-from pathlib import Path
-
 import pytest
-from omegaconf import OmegaConf
 
 from conftest import metrics_without_timing
 from scaleflow.branches import accounting, decay_branches, plan

@@ -51,6 +51,8 @@ def test_logits_include_the_output_multiplier(result):
 
 
 def _app() -> typer.Typer:
+    from rich.console import Console
+
     from scaleflow.cli_mup import register
 
     app = typer.Typer()
@@ -59,7 +61,7 @@ def _app() -> typer.Typer:
     def _root() -> None:  # a group, as in scaleflow's own app
         pass
 
-    register(app)
+    register(app, Console(width=160))
     return app
 
 

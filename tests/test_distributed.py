@@ -1,7 +1,6 @@
 """Data parallelism on CPU with gloo: 2 processes equal 1 process with the same global batch."""
 
 import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf

@@ -16,9 +16,7 @@ from omegaconf import OmegaConf
 from conftest import TINY, metrics_without_timing
 from scaleflow.config import compose_run, compose_study
 from scaleflow.errors import ScaleflowError, StoreError
-from scaleflow.files import read_json, write_json
 from scaleflow.store import collect, run_dirs, study_states
-from scaleflow.sweep import sweep
 from scaleflow.checkpoints import checkpoint_path, latest_checkpoint, list_checkpoints
 from scaleflow.train import train
 

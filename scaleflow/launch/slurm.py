@@ -14,11 +14,9 @@ just ends, so a cancelled job stays cancelled and the next sweep reruns it.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -74,17 +72,22 @@ class SlurmLauncher:
     def __init__(self, cfg):
         self.cfg = cfg
 
-    def _executor(self, folder: Path):
+    def _executor(self, folder: Path, after: Optional[Job] = None):
+        """A submitit executor with the launcher's sbatch options; `after`: the job this one
+        waits for (--dependency=afterok)."""
         import submitit
 
         c = self.cfg
         executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+        additional = {"requeue": True}
+        if after is not None:
+            additional["dependency"] = f"afterok:{after.job_id}"
         params = dict(
             timeout_min=int(c.time_min), nodes=int(c.nodes), tasks_per_node=int(c.tasks_per_node),
             cpus_per_task=int(c.cpus_per_task), slurm_array_parallelism=int(c.array_parallelism),
             slurm_signal_delay_s=int(c.signal_delay_s), name="scaleflow",
             slurm_setup=[str(line) for line in c.setup],
-            slurm_additional_parameters={"requeue": True, **{str(k): v for k, v in dict(c.extra).items()}},
+            slurm_additional_parameters={**additional, **{str(k): v for k, v in dict(c.extra).items()}},
         )
         if c.gpus_per_node:
             params["gpus_per_node"] = int(c.gpus_per_node)
@@ -124,9 +127,7 @@ class SlurmLauncher:
                     continue
                 if job.after.job_id is None:
                     raise LaunchError(f"{job.label}: its prerequisite was not submitted")
-                executor = self._executor(folder)
-                executor.update_parameters(slurm_additional_parameters={
-                    "requeue": True, "dependency": f"afterok:{job.after.job_id}", **dict(self.cfg.extra)})
+                executor = self._executor(folder, after=job.after)
                 job.job_id = executor.submit(TrainJob(str(job.run_dir), job.until, threads)).job_id
         except LaunchError:
             raise
