@@ -33,7 +33,7 @@ import numpy as np
 
 from scaleflow.errors import FitError
 from scaleflow.fit.api import FitData, FitOptions, register_law
-from scaleflow.fit.laws import DOUBTFUL, OK, Law, jsonable, loglinear, percentile_interval, resample_weights
+from scaleflow.fit.laws import DOUBTFUL, OK, Law, jsonable, loglinear, numeric_column, percentile_interval, resample_weights
 
 NO_NOISE_SCALE = ("no grad_noise_scale in the training history: train with trainer.noise_scale=true "
                   "trainer.grad_accum>=2 (a micro-batch is the small batch of the estimator)")
@@ -206,10 +206,7 @@ def _runs_of(history, table):
 
 
 def _col(df, name: str) -> np.ndarray:
-    try:
-        return np.asarray(df[name], dtype=float)
-    except (TypeError, ValueError):
-        raise FitError(f"history column {name!r} is not numeric") from None
+    return numeric_column(df, name, "history column")
 
 
 # ----------------------------------------------------------------------------- fitter

@@ -353,6 +353,16 @@ class AllocationLaw:
                    d.get("status", OK), d.get("message", ""))
 
 
+def numeric_column(df: Any, name: str, kind: str = "column") -> np.ndarray:
+    """df[name] as floats; FitError ("<kind> 'name' is not numeric") if it is not numeric."""
+    from scaleflow.errors import FitError
+
+    try:
+        return np.asarray(df[name], dtype=float)
+    except (TypeError, ValueError):
+        raise FitError(f"{kind} {name!r} is not numeric") from None
+
+
 def check_table(df: Any, columns: tuple[str, ...] | list[str], min_rows: int, what: str) -> None:
     """Raise FitError unless `df` has `columns`, all finite and > 0, and at least `min_rows` rows.
 
@@ -364,10 +374,7 @@ def check_table(df: Any, columns: tuple[str, ...] | list[str], min_rows: int, wh
     if missing:
         raise FitError(f"{what} needs column(s) {', '.join(missing)}; the table has: {', '.join(map(str, df.columns))}")
     for c in columns:
-        try:
-            v = np.asarray(df[c], dtype=float)
-        except (TypeError, ValueError):
-            raise FitError(f"column {c!r} is not numeric") from None
+        v = numeric_column(df, c)
         bad = int((~np.isfinite(v) | (v <= 0)).sum())
         if bad:
             raise FitError(f"column {c!r} has {bad} non-positive or missing value(s); fix or filter them (--where)")

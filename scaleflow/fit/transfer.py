@@ -30,7 +30,7 @@ import numpy as np
 
 from scaleflow.errors import FitError
 from scaleflow.fit.api import FitData, FitOptions, register_law
-from scaleflow.fit.laws import DOUBTFUL, OK, jsonable
+from scaleflow.fit.laws import DOUBTFUL, OK, jsonable, numeric_column
 
 EDGE_LOW, EDGE_HIGH, BELOW_DIVERGENCE = "edge_low", "edge_high", "below_divergence"
 
@@ -132,13 +132,6 @@ class TransferResult:
         })
 
 
-def _numeric(df, col: str) -> np.ndarray:
-    try:
-        return np.asarray(df[col], dtype=float)
-    except (TypeError, ValueError):
-        raise FitError(f"column {col!r} is not numeric") from None
-
-
 @dataclass(frozen=True)
 class LrTransferFitter:
     """`LrTransferFitter().fit(df)` -> TransferResult (df: lr, d_model, loss[, parametrization, diverged])."""
@@ -150,7 +143,7 @@ class LrTransferFitter:
         missing = [c for c in ("lr", self.width, "loss") if c not in df.columns]
         if missing:
             raise FitError(f"{what} needs column(s) {', '.join(missing)}; the table has: {', '.join(map(str, df.columns))}")
-        lr, width, loss = _numeric(df, "lr"), _numeric(df, self.width), _numeric(df, "loss")
+        lr, width, loss = numeric_column(df, "lr"), numeric_column(df, self.width), numeric_column(df, "loss")
         if ((~np.isfinite(lr)) | (lr <= 0)).any() or ((~np.isfinite(width)) | (width <= 0)).any():
             raise FitError(f"{what}: columns 'lr' and {self.width!r} must be positive numbers in every row")
         par = (df["parametrization"].fillna("?").astype(str).to_numpy() if "parametrization" in df.columns
