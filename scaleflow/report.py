@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from scaleflow.files import write_text
 from scaleflow.fit.api import FitRun, allocation
 
 
@@ -65,7 +66,7 @@ def _plot_isoflop(res, out: Path, plt) -> str:
 
 
 def _plot_optimal(run: FitRun, out: Path, plt) -> str | None:
-    laws = {k: allocation(r) for k, r in run.results.items() if allocation(r) is not None}
+    laws = {k: law for k, r in run.results.items() if (law := allocation(r)) is not None}
     if not laws:
         return None
     flops = run.data.table["flops"].to_numpy(float)
@@ -330,10 +331,11 @@ def write(run: FitRun, out_dir: str | Path, command: str = "") -> list[Path]:
     report.html in out_dir; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fit.json").write_text(json.dumps(run.to_dict(include_samples=True), indent=1) + "\n")
+    d = run.to_dict(include_samples=True)  # the report's tables never read the samples
+    write_text(out / "fit.json", json.dumps(d, indent=1) + "\n")
     images = plot_all(run, out)
-    md_text = markdown(run.to_dict(), images, command)
-    (out / "report.md").write_text(md_text)
-    (out / "report.html").write_text(html(md_text, out))
+    md_text = markdown(d, images, command)
+    write_text(out / "report.md", md_text)
+    write_text(out / "report.html", html(md_text, out))
     return [out / "fit.json", out / "report.md", out / "report.html"] + [out / i for i in images] + \
         [out / i.replace(".png", ".svg") for i in images]

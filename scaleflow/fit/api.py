@@ -149,13 +149,13 @@ def _table_curves(table):
 
 def _study_curves(runs, curves, params_col: str):
     """Approach-1 curves from a study: evaluation curves of plain runs; for WSD, the final
-    points of each trunk's decay branches (stable-phase losses are never compared)."""
+    points of each trunk's decay branches (stable-phase losses are never compared).
+    `runs`: the prepared table, diverged runs already dropped."""
     import pandas as pd
 
     parts = []
     if curves is not None and len(curves) and {"kind", "run_id", "val_loss"} <= set(curves.columns):
-        ok = set(runs.loc[~runs["diverged"].fillna(False).astype(bool), "run_id"]) if "diverged" in runs else set(runs["run_id"])
-        c = curves[(curves["kind"] == "run") & curves["run_id"].isin(ok)]
+        c = curves[(curves["kind"] == "run") & curves["run_id"].isin(set(runs["run_id"]))]
         parts.append(pd.DataFrame({"curve": c["run_id"], "params": c[params_col], "flops": c["flops"],
                                    "tokens": c["tokens"], "loss": c["val_loss"]}))
     if "kind" in runs.columns and "parent" in runs.columns:
@@ -280,12 +280,10 @@ def allocation(result: Any):
 
 def predict_optimal(results: dict[str, Any], budgets) -> list[dict[str, Any]]:
     """One row per (budget, approach): N_opt, D_opt, tokens per parameter, loss, 95% intervals."""
+    laws = {name: law for name, res in results.items() if (law := allocation(res)) is not None}
     rows = []
     for C in budgets:
-        for name, res in results.items():
-            law = allocation(res)
-            if law is None:
-                continue
+        for name, law in laws.items():
             n, d, loss = (float(getattr(law, q)(C)) for q in ("n_opt", "d_opt", "loss_opt"))
             ci = {q: law.interval(q, C).tolist() for q in ("n_opt", "d_opt", "loss_opt")}
             rows.append(jsonable({

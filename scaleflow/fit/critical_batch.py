@@ -101,11 +101,15 @@ class TargetFit:
         lo, hi = percentile_interval(np.column_stack([s, bc]))
         return {k: [float(lo[i]), float(hi[i])] for i, k in enumerate(("S_min", "E_min", "B_crit"))}
 
+    @property
+    def ratio(self) -> float:
+        """B_crit / B_simple (nan without a positive B_simple)."""
+        return self.B_crit / self.b_simple if self.b_simple > 0 else math.nan
+
     def to_dict(self) -> dict[str, Any]:
         return jsonable({
             "loss": self.loss, "S_min": self.S_min, "E_min": self.E_min, "B_crit": self.B_crit, "ci": self.ci,
-            "B_simple": self.b_simple, "B_simple_ci": list(self.b_simple_ci),
-            "ratio": self.B_crit / self.b_simple if self.b_simple > 0 else math.nan,
+            "B_simple": self.b_simple, "B_simple_ci": list(self.b_simple_ci), "ratio": self.ratio,
             "batch_tokens": self.batch, "steps": self.steps, "tokens": self.tokens,
             "status": self.status, "message": self.message,
         })
@@ -138,7 +142,7 @@ class CriticalBatchResult:
     def to_dict(self, include_samples: bool = False) -> dict[str, Any]:
         rows = [{"model": t.model, "loss": f.loss, "B_crit": f.B_crit, "B_crit_ci": f.ci["B_crit"],
                  "B_simple": f.b_simple, "B_simple_ci": list(f.b_simple_ci),
-                 "ratio": f.B_crit / f.b_simple if f.b_simple > 0 else math.nan, "S_min": f.S_min, "E_min": f.E_min,
+                 "ratio": f.ratio, "S_min": f.S_min, "E_min": f.E_min,
                  "n_batch_sizes": len(f.batch), "status": f.status}
                 for t in self.tradeoffs for f in t.targets]
         return jsonable({

@@ -363,6 +363,15 @@ def numeric_column(df: Any, name: str, kind: str = "column") -> np.ndarray:
         raise FitError(f"{kind} {name!r} is not numeric") from None
 
 
+def require_columns(df: Any, columns: tuple[str, ...] | list[str], what: str) -> None:
+    """FitError naming the missing columns unless `df` has all of `columns`."""
+    from scaleflow.errors import FitError
+
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise FitError(f"{what} needs column(s) {', '.join(missing)}; the table has: {', '.join(map(str, df.columns))}")
+
+
 def check_table(df: Any, columns: tuple[str, ...] | list[str], min_rows: int, what: str) -> None:
     """Raise FitError unless `df` has `columns`, all finite and > 0, and at least `min_rows` rows.
 
@@ -370,9 +379,7 @@ def check_table(df: Any, columns: tuple[str, ...] | list[str], min_rows: int, wh
     """
     from scaleflow.errors import FitError
 
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise FitError(f"{what} needs column(s) {', '.join(missing)}; the table has: {', '.join(map(str, df.columns))}")
+    require_columns(df, columns, what)
     for c in columns:
         v = numeric_column(df, c)
         bad = int((~np.isfinite(v) | (v <= 0)).sum())

@@ -52,8 +52,7 @@ def huber_objective(theta: np.ndarray, X: np.ndarray, logy: np.ndarray, delta: f
     ez = np.exp(z - m[:, None])
     s = ez.sum(axis=1)
     r = m + np.log(s) - logy
-    ar = np.abs(r)
-    h = np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta))
+    h = _huber(r, delta)
     psi = np.clip(r, -delta, delta)
     if w is not None:
         h, psi = h * w, psi * w

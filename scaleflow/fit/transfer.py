@@ -30,7 +30,7 @@ import numpy as np
 
 from scaleflow.errors import FitError
 from scaleflow.fit.api import FitData, FitOptions, register_law
-from scaleflow.fit.laws import DOUBTFUL, OK, jsonable, numeric_column
+from scaleflow.fit.laws import DOUBTFUL, OK, jsonable, numeric_column, require_columns
 
 EDGE_LOW, EDGE_HIGH, BELOW_DIVERGENCE = "edge_low", "edge_high", "below_divergence"
 
@@ -140,9 +140,7 @@ class LrTransferFitter:
 
     def fit(self, df) -> TransferResult:
         what = "the LR transfer analysis"
-        missing = [c for c in ("lr", self.width, "loss") if c not in df.columns]
-        if missing:
-            raise FitError(f"{what} needs column(s) {', '.join(missing)}; the table has: {', '.join(map(str, df.columns))}")
+        require_columns(df, ("lr", self.width, "loss"), what)
         lr, width, loss = numeric_column(df, "lr"), numeric_column(df, self.width), numeric_column(df, "loss")
         if ((~np.isfinite(lr)) | (lr <= 0)).any() or ((~np.isfinite(width)) | (width <= 0)).any():
             raise FitError(f"{what}: columns 'lr' and {self.width!r} must be positive numbers in every row")
@@ -191,25 +189,26 @@ class LrTransferFitter:
         """`grid`: every finished LR of the table; larger ones missing here diverged or were not run."""
         i = int(np.argmin(loss))
         where = f"{p} width {w:g}"
-        div = tuple(float(v) for v in diverged)
+        lr_opt, loss_opt, status, message = float(lr[i]), float(loss[i]), OK, ""
         if i == len(lr) - 1:
             above = np.union1d(diverged[diverged > lr[i]], grid[grid > lr[i]])
             if len(above):
                 why = "diverged" if len(diverged) and diverged.max() > lr[i] else "diverged or are missing"
-                return WidthOptimum(p, w, lr, loss, float(lr[i]), float(loss[i]), BELOW_DIVERGENCE,
-                                    f"{where}: best at the largest LR that finished ({lr[i]:.3g}); larger LRs "
-                                    f"({', '.join(f'{v:.3g}' for v in above)}) {why}", div, n)
-            return WidthOptimum(p, w, lr, loss, float(lr[i]), float(loss[i]), EDGE_HIGH,
-                                f"{where}: best at the largest LR of the grid ({lr[i]:.3g}); "
-                                "the optimum may be larger", div, n)
-        if i == 0:
-            return WidthOptimum(p, w, lr, loss, float(lr[i]), float(loss[i]), EDGE_LOW,
-                                f"{where}: best at the smallest LR of the grid ({lr[i]:.3g}); "
-                                "the optimum may be smaller", div, n)
-        xv, yv = parabola_vertex(np.log(lr[i - 1:i + 2]), loss[i - 1:i + 2])
-        if not np.isfinite(xv):  # equal losses: no curvature, keep the grid point
-            return WidthOptimum(p, w, lr, loss, float(lr[i]), float(loss[i]), OK, "", div, n)
-        return WidthOptimum(p, w, lr, loss, float(np.exp(xv)), float(yv), OK, "", div, n)
+                status = BELOW_DIVERGENCE
+                message = (f"{where}: best at the largest LR that finished ({lr[i]:.3g}); larger LRs "
+                           f"({', '.join(f'{v:.3g}' for v in above)}) {why}")
+            else:
+                status = EDGE_HIGH
+                message = f"{where}: best at the largest LR of the grid ({lr[i]:.3g}); the optimum may be larger"
+        elif i == 0:
+            status = EDGE_LOW
+            message = f"{where}: best at the smallest LR of the grid ({lr[i]:.3g}); the optimum may be smaller"
+        else:
+            xv, yv = parabola_vertex(np.log(lr[i - 1:i + 2]), loss[i - 1:i + 2])
+            if np.isfinite(xv):  # equal losses have no curvature: keep the grid point
+                lr_opt, loss_opt = float(np.exp(xv)), float(yv)
+        return WidthOptimum(p, w, lr, loss, lr_opt, loss_opt, status, message,
+                            tuple(float(v) for v in diverged), n)
 
     @staticmethod
     def _drift(p: str, group: list[WidthOptimum], grid: np.ndarray) -> Drift:
