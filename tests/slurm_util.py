@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import shutil
 import subprocess
+import time
+from typing import Callable
 
 #: How long `sinfo` may take before the cluster counts as not answering.
 SINFO_TIMEOUT_S = 5.0
@@ -47,3 +49,20 @@ def cluster_available() -> tuple[bool, str]:
     if not proc.stdout.strip():
         return False, f"no SLURM cluster: `sinfo` lists no partition ({_HINT})"
     return True, "SLURM cluster answers"
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, poll_s: float = 0.2) -> None:
+    """Polls `predicate` until it is true; AssertionError naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(poll_s)  # polling a condition, not timing anything
+
+
+def sacct_records(job_id: str) -> list[tuple[str, str]]:
+    """(job id, state) of every accounting record of a job or array task, oldest first: with
+    `sacct -D`, a requeued job has a REQUEUED record per requeue before its final one."""
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-D", "-j", job_id.split("_")[0], "-o", "JobID,State"],
+                         capture_output=True, text=True, timeout=10, check=True)
+    return [tuple(line.split("|", 1)) for line in out.stdout.splitlines() if "|" in line]

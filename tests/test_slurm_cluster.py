@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 try:
-    from slurm_util import cluster_available
+    from slurm_util import cluster_available, sacct_records, wait_until
 except ImportError:  # tests/ imported as a package
-    from tests.slurm_util import cluster_available
+    from tests.slurm_util import cluster_available, sacct_records, wait_until
 
 _OK, _REASON = cluster_available()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not _OK, reason=_REASON)]
@@ -68,9 +68,11 @@ def _count_attempts(marker: str, first_sleep_s: float) -> int:
 
 
 class _Steps(submitit.helpers.Checkpointable):
-    """Counts steps; submitit pickles it (with `step`) when its USR2 handler calls checkpoint()."""
+    """Counts steps, writing each to `progress`; submitit pickles it (with `step`) when its USR2
+    handler calls checkpoint()."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: str) -> None:
+        self.progress = progress
         self.step = 0
         self.starts: list[int] = []
 
@@ -79,6 +81,7 @@ class _Steps(submitit.helpers.Checkpointable):
         while self.step < n:
             time.sleep(step_s)
             self.step += 1
+            Path(self.progress).write_text(str(self.step))
         return self.step, self.starts
 
 
@@ -127,13 +130,7 @@ def _wait_state(job, wanted: str | tuple[str, ...], timeout_s: float = JOB_TIMEO
 
 
 def _sacct_states(job_id: str) -> dict[str, str]:
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-D", "-j", job_id.split("_")[0], "-o", "JobID,State"],
-                         capture_output=True, text=True, timeout=10, check=True)
-    states = {}
-    for line in out.stdout.splitlines():
-        jid, _, state = line.partition("|")
-        states[jid] = state  # with -D, a requeued job has several lines: the last one wins
-    return states
+    return dict(sacct_records(job_id))  # a requeued job has several records: the last one wins
 
 
 def _wait_sacct(job_id: str, wanted: str, timeout_s: float = 30.0) -> str:
@@ -211,10 +208,7 @@ def test_scontrol_requeue_runs_job_again(executor, tmp_path: Path) -> None:
     marker = tmp_path / "attempts"
     job = executor.submit(_count_attempts, str(marker), 300)
     _wait_state(job, "RUNNING")
-    deadline = time.monotonic() + 30
-    while not marker.exists():  # the function itself has started
-        assert time.monotonic() < deadline, "job RUNNING but the function never started"
-        time.sleep(POLL_S)
+    wait_until(marker.exists, 30, "the function to start in the RUNNING job")
     subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=30)
     # submitit sees REQUEUED, then PENDING (BeginTime: AuthInfo=cred_expire), then RUNNING.
     assert _wait_state(job, ("REQUEUED", "PENDING"), timeout_s=30) in ("REQUEUED", "PENDING")
@@ -223,7 +217,14 @@ def test_scontrol_requeue_runs_job_again(executor, tmp_path: Path) -> None:
     assert _wait_sacct(job.job_id, "COMPLETED") == "COMPLETED"
 
 
-def test_usr2_checkpoints_and_requeues(executor) -> None:
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return 0
+
+
+def test_usr2_checkpoints_and_requeues(executor, tmp_path: Path) -> None:
     """submitit's preemption/timeout path: on USR2 its handler calls checkpoint(), saves the
     returned submission over the pickle, runs `scontrol requeue` and exits; the job resumes.
 
@@ -231,9 +232,10 @@ def test_usr2_checkpoints_and_requeues(executor) -> None:
     job has run for min(80% of its time limit, time limit - 10 min); with a 30-minute limit a
     USR2 after seconds is a preemption."""
     executor.update_parameters(timeout_min=30)
-    job = executor.submit(_Steps(), 16, 0.5)
+    progress = tmp_path / "steps"
+    job = executor.submit(_Steps(str(progress)), 16, 0.5)
     _wait_state(job, "RUNNING")
-    time.sleep(3)  # a few steps
+    wait_until(lambda: _read_int(progress) >= 2, JOB_TIMEOUT_S, "a few steps of the job")
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True, timeout=30)
     _wait_done(job)
     steps, starts = job.result()

@@ -13,7 +13,8 @@ from scaleflow.files import read_json
 from scaleflow.launch.slurm import queue_states
 from scaleflow.store import run_dirs, study_states
 from scaleflow.sweep import sweep
-from slurm_util import cluster_available
+from scaleflow.checkpoints import list_checkpoints
+from slurm_util import cluster_available, sacct_records, wait_until
 
 ok, reason = cluster_available()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not ok, reason=reason)]
@@ -42,12 +43,11 @@ def _study(tmp_path, budgets="2e9, 4e9") -> Path:
     return path
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)  # polling a condition, not timing anything
+def _requeues(job_id: str) -> int:
+    """REQUEUED accounting records of a job (sacct may lag its end by a moment)."""
+    wait_until(lambda: any(jid == job_id and not state.startswith(("REQUEUED", "PENDING", "RUNNING"))
+                           for jid, state in sacct_records(job_id)), 30, f"sacct to record the end of {job_id}")
+    return sum(jid == job_id and state == "REQUEUED" for jid, state in sacct_records(job_id))
 
 
 def _all_finished(study_dir: Path) -> bool:
@@ -62,7 +62,7 @@ def test_a_study_as_a_job_array_matches_the_local_run(tmp_path):
     report = sweep(compose_study(str(study), [f"study_dir={slurm_dir}", "launcher=slurm"]), "isoflop")
     assert time.monotonic() - started < 30  # submission returns at once
     assert len(report.outcome.submitted) == 4 and all("_" in j for j in report.outcome.submitted)  # one array
-    _wait(lambda: _all_finished(slurm_dir), 300, "the array to finish")
+    wait_until(lambda: _all_finished(slurm_dir), 300, "the array to finish")
     assert [s.state for s in study_states(slurm_dir, queue_states())] == ["done"] * 4
     for run in run_dirs(local_dir):
         local, remote = read_json(run / "summary.json"), read_json(slurm_dir / run.name / "summary.json")
@@ -82,20 +82,19 @@ def _one_long_run(tmp_path, extra: list[str]) -> tuple[Path, Path]:
 def test_a_requeued_job_resumes_and_matches_an_undisturbed_run(tmp_path):
     local_run, slurm_run = _one_long_run(tmp_path, [])
     job_id = read_json(slurm_run / "job.json")["job_id"]
-    _wait(lambda: list((slurm_run / "checkpoints").glob("step_*.pt")), 120, "a first checkpoint")
+    wait_until(lambda: list_checkpoints(slurm_run), 120, "a first checkpoint")
     subprocess.run(["scontrol", "requeue", job_id], check=True)
-    _wait(lambda: (slurm_run / "summary.json").exists(), 300, "the requeued job to finish")
-    log = (slurm_run / "metrics.jsonl")
+    wait_until(lambda: (slurm_run / "summary.json").exists(), 300, "the requeued job to finish")
     assert metrics_without_timing(slurm_run) == metrics_without_timing(local_run)
-    starts = len(list(Path(slurm_run.parent / "slurm").glob(f"{job_id.split('_')[0]}*")))
-    assert starts >= 1 and log.exists()
+    assert _requeues(job_id) >= 1  # the job really was cut and ran again
 
 
 def test_a_job_hitting_its_time_limit_checkpoints_requeues_and_finishes(tmp_path):
     # time limit 1 min, signal 50 s before it: every attempt is cut after about 10 s.
     local_run, slurm_run = _one_long_run(tmp_path, ["launcher.time_min=1", "launcher.signal_delay_s=50"])
-    _wait(lambda: (slurm_run / "summary.json").exists(), 400, "the job to finish across requeues")
+    wait_until(lambda: (slurm_run / "summary.json").exists(), 400, "the job to finish across requeues")
     assert metrics_without_timing(slurm_run) == metrics_without_timing(local_run)
+    assert _requeues(read_json(slurm_run / "job.json")["job_id"]) >= 1  # it was cut at least once
 
 
 def test_a_cancelled_job_shows_failed_and_the_next_sweep_reruns_it(tmp_path):
@@ -104,13 +103,13 @@ def test_a_cancelled_job_shows_failed_and_the_next_sweep_reruns_it(tmp_path):
     cfg = compose_study(str(study), overrides)
     report = sweep(cfg, "isoflop")
     run = run_dirs(tmp_path / "s")[0]
-    _wait(lambda: queue_states().get(report.outcome.submitted[0]) == "RUNNING", 120, "the job to start")
+    wait_until(lambda: queue_states().get(report.outcome.submitted[0]) == "RUNNING", 120, "the job to start")
     subprocess.run(["scancel", report.outcome.submitted[0]], check=True)
-    _wait(lambda: report.outcome.submitted[0] not in queue_states(), 60, "the job to leave the queue")
+    wait_until(lambda: report.outcome.submitted[0] not in queue_states(), 60, "the job to leave the queue")
     assert study_states(tmp_path / "s", queue_states())[0].state == "failed"
     again = sweep(cfg, "isoflop")
     assert again.launched == 1
-    _wait(lambda: (run / "summary.json").exists(), 300, "the rerun to finish")
+    wait_until(lambda: (run / "summary.json").exists(), 300, "the rerun to finish")
 
 
 BRANCHES = """
@@ -143,7 +142,7 @@ def test_decay_branches_on_slurm_match_the_local_study(tmp_path):
     report = decay_branches(compose_study(str(study), [f"study_dir={slurm_dir}", "launcher=slurm"]))
     # two trunks of three segments each, six branches, every branch queued before its trunk ends
     assert len(report.outcome.submitted) == 12
-    _wait(lambda: _all_finished(slurm_dir), 400, "the branched study to finish")
+    wait_until(lambda: _all_finished(slurm_dir), 400, "the branched study to finish")
     for spec in local.specs:
         local_summary = read_json(local_dir / spec.run_id / "summary.json")
         slurm_summary = read_json(slurm_dir / spec.run_id / "summary.json")
@@ -161,7 +160,7 @@ def test_a_two_task_run_matches_the_one_task_run(tmp_path):
           "isoflop")
     sweep(compose_study(str(study), [f"study_dir={two_dir}", "launcher=slurm", "trainer.world_size=2",
                                      "launcher.tasks_per_node=2", *common]), "isoflop")
-    _wait(lambda: _all_finished(one_dir) and _all_finished(two_dir), 300, "both runs")
+    wait_until(lambda: _all_finished(one_dir) and _all_finished(two_dir), 300, "both runs")
     one, two = run_dirs(one_dir)[0], run_dirs(two_dir)[0]
     assert read_json(two / "summary.json")["status"] == "done", (two / "worker.log")
     a, b = metrics_without_timing(one), metrics_without_timing(two)
