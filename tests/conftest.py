@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,3 +24,26 @@ def metrics_without_timing(run_dir: Path) -> list[dict]:
     """metrics.jsonl lines minus the wall-clock fields, for bit-for-bit comparisons."""
     lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in line.items() if k not in TIMING_KEYS} for line in lines]
+
+
+def write_run_config(run_dir: Path, overrides: list[str]) -> None:
+    """run_dir/config.yaml composed from `overrides`, as the run store writes it."""
+    from omegaconf import OmegaConf
+
+    from scaleflow.config import compose_run
+
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(compose_run(overrides)))
+
+
+def start_worker(run_dir: Path) -> subprocess.Popen:
+    """`python -m scaleflow.worker RUN_DIR` on one torch thread, its output discarded."""
+    env = {**os.environ, "SCALEFLOW_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "scaleflow.worker", str(run_dir)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run_cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """`python -m scaleflow.cli ARGS` in a subprocess, output captured as text."""
+    return subprocess.run([sys.executable, "-m", "scaleflow.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env)

@@ -1,15 +1,10 @@
-import subprocess
-import sys
-
 import pytest
 
-
-def scaleflow(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "scaleflow.cli", *args], capture_output=True, text=True, cwd=cwd)
+from conftest import run_cli
 
 
 def test_train_as_documented(tmp_path):
-    out = scaleflow("train", f"run_dir={tmp_path}", "model.n_layer=1", "model.d_model=32", "model.n_head=2",
+    out = run_cli("train", f"run_dir={tmp_path}", "model.n_layer=1", "model.d_model=32", "model.n_head=2",
                     "trainer.steps=30")
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "summary.json").exists()
@@ -26,7 +21,7 @@ def test_train_as_documented(tmp_path):
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, override, message):
-    out = scaleflow("train", f"run_dir={tmp_path}", override)
+    out = run_cli("train", f"run_dir={tmp_path}", override)
     assert out.returncode == 2
     assert message in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
@@ -34,5 +29,5 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, override, message):
 
 
 def test_missing_data_file(tmp_path):
-    out = scaleflow("train", f"run_dir={tmp_path}", "data=text", "data.paths=[/no/such/file.txt]")
+    out = run_cli("train", f"run_dir={tmp_path}", "data=text", "data.paths=[/no/such/file.txt]")
     assert out.returncode == 2 and "does not exist" in out.stderr

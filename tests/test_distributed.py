@@ -3,9 +3,8 @@
 import subprocess
 
 import pytest
-from omegaconf import OmegaConf
 
-from conftest import TINY, metrics_without_timing
+from conftest import TINY, metrics_without_timing, write_run_config
 from scaleflow.config import compose_run
 from scaleflow.launch import Job
 from scaleflow.train import train
@@ -32,15 +31,13 @@ def test_two_processes_match_one_and_resume(tmp_path):
     train(compose_run(RUN + ["trainer.grad_accum=2"]), single)
 
     two = tmp_path / "two"
-    two.mkdir()
-    (two / "config.yaml").write_text(OmegaConf.to_yaml(compose_run(RUN + ["trainer.world_size=2"])))
+    write_run_config(two, RUN + ["trainer.world_size=2"])
     out = _torchrun(two)
     assert out.returncode == 0, out.stderr[-2000:]
     _close(metrics_without_timing(single), metrics_without_timing(two))
 
     resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    (resumed / "config.yaml").write_text((two / "config.yaml").read_text())
+    write_run_config(resumed, RUN + ["trainer.world_size=2"])
     out = _torchrun(resumed, until=10)
     assert out.returncode == 0, out.stderr[-2000:]
     assert not (resumed / "summary.json").exists()

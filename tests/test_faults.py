@@ -1,8 +1,6 @@
 """Fault injection: kills at random moments, torn writes, concurrent sweeps, divergence,
 corrupt files, a full disk, hostile input. Nothing that exists is ever lost."""
 
-import json
-import os
 import random
 import signal
 import subprocess
@@ -11,12 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from conftest import TINY, metrics_without_timing
+from conftest import TINY, metrics_without_timing, start_worker, write_run_config
 from scaleflow.config import compose_run, compose_study
 from scaleflow.errors import ScaleflowError, StoreError
-from scaleflow.store import collect, run_dirs, study_states
+from scaleflow.store import collect, last_metrics, run_dirs, study_states
 from scaleflow.checkpoints import checkpoint_path, latest_checkpoint, list_checkpoints
 from scaleflow.train import train
 
@@ -26,42 +23,23 @@ RUN = TINY + ["trainer.steps=400", "trainer.log_every=1", "trainer.eval_every=50
               "resume=true"]
 
 
-def _write_config(run_dir: Path, overrides: list[str]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(compose_run(overrides)))
-
-
-def _worker(run_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "SCALEFLOW_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "scaleflow.worker", str(run_dir)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def _last_step(run_dir: Path) -> int:
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return -1
-    for line in reversed(lines):
-        try:
-            return json.loads(line)["step"]
-        except ValueError:
-            continue
-    return -1
+    last = last_metrics(run_dir)
+    return last["step"] if last else -1
 
 
 def test_twenty_sigkills_at_random_moments_lose_nothing(tmp_path):
     reference, victim = tmp_path / "reference", tmp_path / "victim"
     for run_dir in (reference, victim):
-        _write_config(run_dir, RUN)
-    assert _worker(reference).wait(timeout=120) == 0
+        write_run_config(run_dir, RUN)
+    assert start_worker(reference).wait(timeout=120) == 0
 
     rng = random.Random(1234)
     kills = 0
     while kills < 20 and not (victim / "summary.json").exists():
         target = _last_step(victim) + rng.randint(1, 8)  # a seeded random step ...
         jitter = rng.random() * 0.01  # ... and a seeded offset into it
-        proc = _worker(victim)
+        proc = start_worker(victim)
         deadline = time.monotonic() + 60
         while _last_step(victim) < target and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -71,7 +49,7 @@ def test_twenty_sigkills_at_random_moments_lose_nothing(tmp_path):
             kills += 1
         proc.wait()
     assert kills == 20
-    assert _worker(victim).wait(timeout=120) == 0
+    assert start_worker(victim).wait(timeout=120) == 0
     assert metrics_without_timing(victim) == metrics_without_timing(reference)
 
 

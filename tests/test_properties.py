@@ -1,11 +1,9 @@
 """Property-based tests: any override string gives a config or a one-line ConfigError."""
 
-import subprocess
-import sys
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import run_cli
 from scaleflow.config import compose_run
 from scaleflow.errors import ScaleflowError
 
@@ -34,5 +32,5 @@ def test_any_override_is_a_config_or_a_one_line_config_error(pairs, raw):
 def test_the_cli_never_prints_a_traceback():
     for args in (["train", "model.d_model=[", "x"], ["train", "=", "trainer.steps=abc"], ["sweep", "isoflop", "%%%"],
                  ["status"], ["train", "${oops}"], ["fit"]):
-        out = subprocess.run([sys.executable, "-m", "scaleflow.cli", *args], capture_output=True, text=True)
+        out = run_cli(*args)
         assert out.returncode != 0 and "Traceback" not in out.stderr, (args, out.stderr)

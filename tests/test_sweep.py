@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from conftest import run_cli
 from scaleflow.config import compose_study
 from scaleflow.errors import ConfigError, StoreError
 from scaleflow.plan import isoflop
@@ -109,15 +110,11 @@ def test_an_unfinished_run_resumes_from_its_checkpoint(study_file, tmp_path):
     assert [l["step"] for l in lines][:3] == [0, 1, 5] and lines[-1]["step"] == spec.steps
 
 
-def scaleflow(*args):
-    return subprocess.run([sys.executable, "-m", "scaleflow.cli", *args], capture_output=True, text=True)
-
-
 def test_cli_dry_run_and_status(study_file, tmp_path):
-    out = scaleflow("sweep", "isoflop", str(study_file), "--dry-run", f"study_dir={tmp_path / 's'}")
+    out = run_cli("sweep", "isoflop", str(study_file), "--dry-run", f"study_dir={tmp_path / 's'}")
     assert out.returncode == 0, out.stderr
     assert "4 runs" in out.stdout and not (tmp_path / "s").exists()
-    out = scaleflow("status", str(tmp_path / "nope"))
+    out = run_cli("status", str(tmp_path / "nope"))
     assert out.returncode == 2 and "not a study directory" in out.stderr
 
 
@@ -128,7 +125,7 @@ def test_cli_bad_input_is_one_line(study_file):
         (["sweep", "isoflop", str(study_file), "study.bugdets=[1e9]"], "bugdets"),
         (["sweep", "lr-bs", str(study_file)], "not lr_bs"),
     ]:
-        out = scaleflow(*args)
+        out = run_cli(*args)
         assert out.returncode == 2, (args, out.stderr)
         assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
@@ -144,7 +141,6 @@ def test_no_reachable_cluster_is_a_one_line_error(study_file, tmp_path):
     import os
 
     env = {**os.environ, "PATH": "/nonexistent"}
-    out = subprocess.run([sys.executable, "-m", "scaleflow.cli", "sweep", "isoflop", str(study_file),
-                          f"study_dir={tmp_path / 's'}", "launcher=slurm"], capture_output=True, text=True, env=env)
+    out = run_cli("sweep", "isoflop", str(study_file), f"study_dir={tmp_path / 's'}", "launcher=slurm", env=env)
     assert out.returncode == 2 and "no SLURM client" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1

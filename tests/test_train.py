@@ -1,14 +1,10 @@
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import metrics_without_timing
+from conftest import metrics_without_timing, start_worker, write_run_config
 from scaleflow.config import compose_run
 from scaleflow.checkpoints import list_checkpoints
 from scaleflow.train import train
@@ -38,30 +34,22 @@ def test_run_directory_contents(tmp_path, tiny_overrides):
     assert [s for s, _ in list_checkpoints(tmp_path)] == [10, 20]
 
 
-def _worker(run_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "SCALEFLOW_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "scaleflow.worker", str(run_dir)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
 def test_sigkill_after_a_checkpoint_then_resume_is_bit_for_bit(tmp_path, tiny_overrides):
     overrides = tiny_overrides + ["trainer.steps=120", "trainer.log_every=5", "trainer.eval_every=20",
                                   "trainer.checkpoint_every=20", "resume=true"]
-    cfg = compose_run(overrides)
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     for run_dir in (reference, killed):
-        run_dir.mkdir()
-        (run_dir / "config.yaml").write_text(__import__("omegaconf").OmegaConf.to_yaml(cfg))
-    assert _worker(reference).wait(timeout=120) == 0
+        write_run_config(run_dir, overrides)
+    assert start_worker(reference).wait(timeout=120) == 0
 
-    proc = _worker(killed)
+    proc = start_worker(killed)
     deadline = time.monotonic() + 120
     while not list_checkpoints(killed) and time.monotonic() < deadline:
         time.sleep(0.02)  # waiting for a condition, not timing anything
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
-    assert _worker(killed).wait(timeout=120) == 0
+    assert start_worker(killed).wait(timeout=120) == 0
     assert metrics_without_timing(killed) == metrics_without_timing(reference)
 
 
