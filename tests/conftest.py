@@ -13,6 +13,10 @@ import pytest
 TINY = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.seq_len=32",
         "trainer.batch_size=8", "trainer.eval_sequences=16"]
 TIMING_KEYS = {"tokens_per_s", "mfu"}
+# The Chinchilla runs as Epoch AI extracted them (source and citation: fixtures/chinchilla/README.md).
+CHINCHILLA_CSV = Path(__file__).parent / "fixtures/chinchilla/svg_extracted_data.csv"
+# The known law behind the fit tests' synthetic studies (Chinchilla-like values).
+TRUE_LAW_PARAMS = dict(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37)
 
 
 @pytest.fixture

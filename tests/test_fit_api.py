@@ -1,20 +1,18 @@
 """The fit dispatch (scaleflow.fit.api): sources, column mapping, validation, laws, predictions."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import CHINCHILLA_CSV, TRUE_LAW_PARAMS
 from scaleflow.errors import FitError
 from scaleflow.fit import api
 from scaleflow.fit.api import FitOptions, answer, fit, load_saved, prepare, register_law
 from scaleflow.fit.isoflop import simulate
 from scaleflow.fit.laws import ChinchillaLaw
 
-FIXTURE = Path(__file__).parent / "fixtures/chinchilla/svg_extracted_data.csv"
 CHINCHILLA = {"columns": {"params": "Model Size", "flops": "Training FLOP"}, "where": "loss < 3.43"}
-TRUE = ChinchillaLaw(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37)
+TRUE = ChinchillaLaw(**TRUE_LAW_PARAMS)
 
 
 def study_table(seed: int = 0) -> pd.DataFrame:
@@ -22,7 +20,7 @@ def study_table(seed: int = 0) -> pd.DataFrame:
 
 
 def test_chinchilla_csv_with_mapping_and_where():
-    run = fit(FIXTURE, FitOptions(**CHINCHILLA, n_bootstrap=0, predict=(1e21, 1e22)))
+    run = fit(CHINCHILLA_CSV, FitOptions(**CHINCHILLA, n_bootstrap=0, predict=(1e21, 1e22)))
     d = run.to_dict()
     assert d["n_points"] == 240 and d["excluded"]["filtered"] == 5
     assert any("tokens = flops / (6 params)" in n for n in d["notes"])

@@ -11,14 +11,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from conftest import CHINCHILLA_CSV, TRUE_LAW_PARAMS
 from scaleflow.cli_fit import register
 from scaleflow.errors import FitError
 from scaleflow.fit.isoflop import simulate
 from scaleflow.fit.laws import ChinchillaLaw
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "tests/fixtures/chinchilla/svg_extracted_data.csv"
-CHINCHILLA_ARGS = [str(FIXTURE), "--col", "params=Model Size", "--col", "flops=Training FLOP", "--where", "loss < 3.43"]
+CHINCHILLA_ARGS = [str(CHINCHILLA_CSV), "--col", "params=Model Size", "--col", "flops=Training FLOP", "--where", "loss < 3.43"]
 # The real entry point (scaleflow.cli.main maps ScaleflowError to one line and exit 2), with the
 # fit commands registered whether or not scaleflow.cli already does it.
 # At exit the process fails with code 3 if anything imported torch.
@@ -42,7 +42,7 @@ def scaleflow(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def study_csv(tmp_path_factory) -> Path:
-    true = ChinchillaLaw(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37)
+    true = ChinchillaLaw(**TRUE_LAW_PARAMS)
     path = tmp_path_factory.mktemp("cli") / "runs.csv"
     simulate(true, np.geomspace(1e18, 1e20, 4), sizes_per_budget=7, noise=0.002).to_csv(path, index=False)
     return path

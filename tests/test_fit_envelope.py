@@ -4,11 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import TRUE_LAW_PARAMS
 from scaleflow.errors import FitError
 from scaleflow.fit.envelope import EnvelopeFitter, lower_envelope
 from scaleflow.fit.laws import ChinchillaLaw
 
-TRUE = ChinchillaLaw(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37)
+TRUE = ChinchillaLaw(**TRUE_LAW_PARAMS)
 
 
 def curves(sizes, n_points=40) -> pd.DataFrame:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import TRUE_LAW_PARAMS
 from scaleflow.errors import FitError
 from scaleflow.fit.isoflop import IsoFlopFitter, group_budgets, parabolas, simulate, vertices
 from scaleflow.fit.laws import ChinchillaLaw
@@ -69,7 +70,7 @@ def test_recovers_a_with_noise_within_its_interval(alpha, beta, seed):
 
 
 def test_bootstrap_interval_covers_a_and_predicts():
-    true = ChinchillaLaw(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37)
+    true = ChinchillaLaw(**TRUE_LAW_PARAMS)
     df = simulate(true, np.geomspace(1e18, 1e21, 6), noise=0.003, seed=1)
     res = IsoFlopFitter(n_bootstrap=300, seed=0).fit(df)
     d = res.to_dict()
@@ -83,7 +84,7 @@ def test_bootstrap_interval_covers_a_and_predicts():
 
 
 def test_refuses_budget_whose_minimum_is_outside_the_grid():
-    true = ChinchillaLaw(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37)
+    true = ChinchillaLaw(**TRUE_LAW_PARAMS)
     good = simulate(true, BUDGETS[:4], noise=0.0)
     bad = simulate(true, BUDGETS[4:], span=4.0, offset=20.0, noise=0.0)  # all sizes far above N_opt
     res = IsoFlopFitter().fit(pd.concat([good, bad], ignore_index=True))
@@ -94,7 +95,7 @@ def test_refuses_budget_whose_minimum_is_outside_the_grid():
 
 
 def test_one_budget_is_an_error():
-    true = ChinchillaLaw(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37)
+    true = ChinchillaLaw(**TRUE_LAW_PARAMS)
     with pytest.raises(FitError, match="at least 2 FLOP budgets"):
         IsoFlopFitter().fit(simulate(true, [1e19], noise=0.0))
     bad = simulate(true, BUDGETS[:3], span=4.0, offset=20.0, noise=0.0)

@@ -4,20 +4,18 @@ The Chinchilla data and the expected figures are in tests/fixtures/chinchilla (E
 Besiroglu et al. 2024, from Hoffmann et al. 2022's Figure 4); see its README.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.optimize import check_grad
 from scipy.special import huber
 
+from conftest import CHINCHILLA_CSV
 from scaleflow.errors import FitError
 from scaleflow.fit.isoflop import simulate
 from scaleflow.fit.laws import ChinchillaLaw
 from scaleflow.fit.parametric import EPOCH_GRID, ParametricFitter, huber_objective, vp_seeds
 
-FIXTURE = Path(__file__).parent / "fixtures/chinchilla/svg_extracted_data.csv"
 # Epoch AI's 95% bootstrap intervals and the grid-start L-BFGS-B optimum (fixture README).
 EPOCH_CI = {"E": (1.769, 1.871), "A": (285.2, 743.6), "B": (1042.4, 5810.3), "alpha": (0.317, 0.373),
             "beta": (0.331, 0.415)}
@@ -26,7 +24,7 @@ FULL_GRID_OPTIMUM = 0.0010182740178005978  # summed Huber loss, benchmarks/bench
 
 
 def chinchilla_240() -> pd.DataFrame:
-    d = pd.read_csv(FIXTURE).sort_values("loss").iloc[:-5]  # Epoch drops the 5 highest losses
+    d = pd.read_csv(CHINCHILLA_CSV).sort_values("loss").iloc[:-5]  # Epoch drops the 5 highest losses
     return pd.DataFrame({"params": d["Model Size"], "tokens": d["Training FLOP"] / (6 * d["Model Size"]),
                          "loss": d["loss"]})
 

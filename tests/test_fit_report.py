@@ -3,12 +3,13 @@
 import numpy as np
 import pandas as pd
 
+from conftest import TRUE_LAW_PARAMS
 from scaleflow.fit.api import FitOptions, fit
 from scaleflow.fit.isoflop import simulate
 from scaleflow.fit.laws import ChinchillaLaw
 from scaleflow.report import markdown, sections, write
 
-TRUE = ChinchillaLaw(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37)
+TRUE = ChinchillaLaw(**TRUE_LAW_PARAMS)
 
 
 def test_chinchilla_report(tmp_path):
