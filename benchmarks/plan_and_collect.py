@@ -47,7 +47,7 @@ def bench_plan(tmp: Path) -> None:
     import scaleflow.cli as cli
 
     cli.console = Console(file=io.StringIO(), width=160)
-    cli._print_plan(specs, 4e14, "bench")
+    cli._print_plan(specs, cfg.study.throughput, "bench")
     in_process = time.perf_counter() - started
     started = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "scaleflow.cli", "sweep", "isoflop", str(path), "--dry-run"],
