@@ -69,13 +69,19 @@ def test_a_study_as_a_job_array_matches_the_local_run(tmp_path):
         assert remote["val_loss"] == local["val_loss"]
 
 
-def _one_long_run(tmp_path, extra: list[str]) -> tuple[Path, Path]:
-    study = _study(tmp_path, "2e10")
+def _one_long_run(tmp_path, extra: list[str], budget: str = "2e10",
+                  slurm_first: bool = False) -> tuple[Path, Path]:
+    """One run of `budget` FLOPs, locally and on SLURM. With `slurm_first` the job is submitted
+    before the local run starts, so the two overlap (one core each)."""
+    study = _study(tmp_path, budget)
     overrides = ["study.shapes=[{n_layer: 1, d_model: 8, n_head: 1}]", "trainer.log_every=50",
                  "trainer.checkpoint_every=100"]
     local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
-    sweep(compose_study(str(study), [f"study_dir={local_dir}", *overrides]), "isoflop")
-    sweep(compose_study(str(study), [f"study_dir={slurm_dir}", "launcher=slurm", *overrides, *extra]), "isoflop")
+    local = lambda: sweep(compose_study(str(study), [f"study_dir={local_dir}", *overrides]), "isoflop")
+    remote = lambda: sweep(compose_study(str(study), [f"study_dir={slurm_dir}", "launcher=slurm", *overrides, *extra]),
+                           "isoflop")
+    for launch in ((remote, local) if slurm_first else (local, remote)):
+        launch()
     return run_dirs(local_dir)[0], run_dirs(slurm_dir)[0]
 
 
@@ -89,9 +95,19 @@ def test_a_requeued_job_resumes_and_matches_an_undisturbed_run(tmp_path):
     assert _requeues(job_id) >= 1  # the job really was cut and ran again
 
 
+#: slurmctld checks time limits (and sends --signal warnings) on a 30 s cycle, so a warning due
+#: `time_min - signal_delay_s` = 5 s after a job starts arrives 5 to 35 s after it (attempts
+#: measured here: 8, 18, 18, 18 s, then 3 s to finish). A shorter run may finish uncut.
+LATEST_WARNING_S = 35
+
+
 def test_a_job_hitting_its_time_limit_checkpoints_requeues_and_finishes(tmp_path):
-    # time limit 1 min, signal 50 s before it: every attempt is cut after about 10 s.
-    local_run, slurm_run = _one_long_run(tmp_path, ["launcher.time_min=1", "launcher.signal_delay_s=50"])
+    # time limit 1 min, signal 55 s before it. The run (1.5e11 FLOPs: about 57 s alone on a
+    # 2-core CPU machine, beside the SLURM job) outlasts the latest warning, so it is cut.
+    started = time.monotonic()
+    local_run, slurm_run = _one_long_run(tmp_path, ["launcher.time_min=1", "launcher.signal_delay_s=55"],
+                                         budget="1.5e11", slurm_first=True)
+    assert time.monotonic() - started > LATEST_WARNING_S  # else the run may end before its warning
     wait_until(lambda: (slurm_run / "summary.json").exists(), 400, "the job to finish across requeues")
     assert metrics_without_timing(slurm_run) == metrics_without_timing(local_run)
     assert _requeues(read_json(slurm_run / "job.json")["job_id"]) >= 1  # it was cut at least once
