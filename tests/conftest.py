@@ -47,7 +47,14 @@ def start_worker(run_dir: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+CLI = [sys.executable, "-m", "scaleflow.cli"]
+
+
 def run_cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
     """`python -m scaleflow.cli ARGS` in a subprocess, output captured as text."""
-    return subprocess.run([sys.executable, "-m", "scaleflow.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    """`python -m scaleflow.cli ARGS` started in the background, its output discarded."""
+    return subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
