@@ -1,7 +1,7 @@
 """Plots and the report of a fit: `write(run, out_dir)` -> fit.json, PNG + SVG plots,
 report.md and a self-contained report.html (images embedded as base64).
 
-Plots (matplotlib, Agg backend): IsoFLOP curves with their parabolas and minima; N_opt and
+Plots (matplotlib, Agg backend): IsoFLOP curves with their fitted shapes and minima; N_opt and
 D_opt against C with the bootstrap band, dashed where extrapolated; the parametric fit with
 the data and its residuals; the approach-1 envelope; the power law; LR / batch-size maps per
 budget. Axes: parameters, tokens, FLOPs, loss in nats/token.
@@ -55,8 +55,8 @@ def _plot_isoflop(res, out: Path, plt) -> str:
     for i, b in enumerate(res.budgets):
         color = cmap(i / max(1, len(res.budgets) - 1)) if b.status != "refused" else "0.6"
         ax.scatter(b.params, b.loss, s=14, color=color, label=f"{b.flops:.2g} FLOPs")
-        x = np.linspace(np.log(b.params.min()), np.log(b.params.max()), 100)
-        ax.plot(np.exp(x), np.polyval(b.coef[::-1], x), color=color, lw=1, ls="-" if b.status != "refused" else ":")
+        n = np.geomspace(b.params.min(), b.params.max(), 100)
+        ax.plot(n, res.curve_loss(b, n), color=color, lw=1, ls="-" if b.status != "refused" else ":")
         if np.isfinite(b.params_opt):
             ax.scatter([b.params_opt], [b.loss_opt], marker="*", s=120, color=color, edgecolor="k", zorder=3)
     ax.set(xscale="log", xlabel="parameters N", ylabel="loss (nats/token)", title="IsoFLOP curves and minima (*)")
@@ -244,7 +244,7 @@ def sections(d: dict[str, Any]) -> list[Section]:
         out.append(Section("Approach 3: L(N, D) = E + A/N^alpha + B/D^beta", ["param", "value", "95% CI"],
                            [[p, a3[p], fmt_ci(a3["ci"][p])] for p in ("E", "A", "B", "alpha", "beta", "a", "b")],
                            f"Summed Huber loss {a3['huber_loss']:.6g} on {a3['n_points']} points."))
-    for name, title in (("approach2", "Approach 2: IsoFLOP parabolas"), ("approach1", "Approach 1: envelope")):
+    for name, title in (("approach2", "Approach 2: IsoFLOP minima"), ("approach1", "Approach 1: envelope")):
         if name in d:
             out.append(Section(title, ["", "value", "95% CI"], _law_rows(d[name])))
     if "approach2" in d:

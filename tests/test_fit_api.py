@@ -45,7 +45,7 @@ def test_isoflop_table_runs_the_approaches_it_supports_and_backtests():
     assert len({o["flops"] for o in d["optimal"]}) == 4  # default: the data's budgets
     h = d["holdout"]
     assert h["flops"] == pytest.approx(1e20) and h["n_test"] == 7
-    assert h["measured"]["how"].startswith("IsoFLOP")
+    assert h["measured"]["how"].startswith("minimum of the held-out")
     by = {p["approach"]: p for p in h["predicted"]}
     assert 0.7 < by["approach3"]["params_ratio"] < 1.4 and abs(by["approach3"]["loss_error"]) < 0.01
 
@@ -60,12 +60,12 @@ def test_diverged_rows_are_excluded_and_reported():
 
 def test_param_count_picks_the_column():
     t = study_table().assign(params_total=lambda x: x["params"] * 1.3)
-    data = prepare(t, None, FitOptions(param_count="total"))
+    data = prepare(t, FitOptions(param_count="total"))
     assert np.allclose(data.table["params"], t["params"] * 1.3)
     with pytest.raises(FitError, match="params_with_head"):
-        prepare(t, None, FitOptions(param_count="with_head"))
+        prepare(t, FitOptions(param_count="with_head"))
     with pytest.raises(FitError, match="one of"):
-        prepare(t, None, FitOptions(param_count="some"))
+        prepare(t, FitOptions(param_count="some"))
 
 
 def collected():
@@ -91,12 +91,16 @@ def collected():
 
 def test_study_sources_follow_the_collector_contract(monkeypatch, tmp_path):
     runs, curves = collected()
-    data = prepare(runs, curves, FitOptions())
+    data = prepare(runs, FitOptions())
     assert data.excluded["trunks"] == 5 and data.excluded["diverged"] == ["r4"]
     assert set(data.table["kind"]) == {"branch", "run"}
     c = data.curves
-    assert set(c["curve"]) == {"t0", "t1", "t2", "t3", "t4", "r0", "r1", "r2", "r3"}  # branches grouped by trunk
-    assert (c[c["curve"] == "t2"]["loss"] < 9).all()  # stable-phase trunk losses never enter
+    # approach 1 sees annealed points only: each trunk's branch ends (one curve per trunk) and
+    # the final point of each plain run; never stable-phase trunk losses or mid-run points
+    assert len(c) == 5 * 8 + 4 and c["curve"].nunique() == 5 + 4
+    assert (c["loss"] < 9).all()
+    finals = runs.set_index("run_id").loc[["r0", "r1", "r2", "r3"], "loss"]
+    assert sorted(c.loc[c["flops"] == 1e18, "loss"]) == sorted(finals)
 
     class Collected:  # what scaleflow.store.collect returns
         def __init__(self):

@@ -20,9 +20,10 @@ from typing import Any, Callable
 import numpy as np
 
 from scaleflow.errors import FitError
-from scaleflow.fit.laws import check_table, jsonable
+from scaleflow.fit.laws import check_table, jsonable, numeric_column
 
 PARAM_COUNTS = ("non_embedding", "with_head", "total")
+SIX_ND = {"definition": "6 N D (the table has no flops column)", "flops_per_param_token": 6.0, "spread": 0.0}
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class FitData:
     notes: tuple[str, ...] = ()
     excluded: dict[str, Any] = field(default_factory=dict)
     history: Any = None
+    flops: dict[str, Any] = field(default_factory=lambda: dict(SIX_ND))
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,6 +75,7 @@ class FitRun:
             "source": self.source, "law": o.law, "n_points": len(self.data.table), "columns": o.columns,
             "where": o.where, "param_count": o.param_count, "n_bootstrap": o.n_bootstrap,
             "huber_delta": o.huber_delta, "notes": list(self.data.notes), "excluded": self.data.excluded,
+            "flops": self.data.flops,
         }
         out.update({name: r.to_dict(include_samples) for name, r in self.results.items()})
         out.update(skipped=self.skipped, optimal=self.optimal)
@@ -82,14 +85,14 @@ class FitRun:
 
 
 def load_source(source: str | Path):
-    """(runs table, curves or None, notes, history or None) from a CSV/parquet file or a study directory."""
+    """(runs table, notes, history or None) from a CSV/parquet file or a study directory."""
     path = Path(source)
     if path.is_dir():
         from scaleflow.store import collect
 
         c = collect(path)
-        return c.runs, c.curves, tuple(getattr(c, "warnings", ()) or ()), getattr(c, "history", None)
-    return _read_table(path, source), None, (), None
+        return c.runs, tuple(getattr(c, "warnings", ()) or ()), getattr(c, "history", None)
+    return _read_table(path, source), (), None
 
 
 def _read_table(path: Path, source: str | Path):
@@ -136,37 +139,48 @@ def _derive(df, notes: list[str]):
     return df
 
 
-def _table_curves(table):
-    """Approach-1 curves from a table: runs of one model size (4 significant digits) at
-    several token counts, each a fully trained run, form one curve."""
+def flop_definition(df, notes: list[str]) -> dict[str, Any]:
+    """The one FLOP count C of every approach and prediction: the `flops` column as the study
+    counted it. Approach 3 needs C as a function of N and D: C = k N D with k the geometric
+    mean of flops / (N D) over the runs (6 for the 6ND count with the same N)."""
+    with np.errstate(all="ignore"):
+        ratio = np.log(numeric_column(df, "flops") / (numeric_column(df, "params") * numeric_column(df, "tokens")))
+    ratio = ratio[np.isfinite(ratio)]
+    if not len(ratio):
+        return dict(SIX_ND)
+    k = float(np.exp(ratio.mean()))
+    spread = float(np.exp(np.abs(ratio - ratio.mean()).max()) - 1.0)
+    counts = sorted({str(c) for c in df["flop_count"].dropna()}) if "flop_count" in df.columns else []
+    definition = f"flops column (trainer.flop_count={', '.join(counts)})" if counts else "flops column"
+    if spread > 0.01:
+        notes.append(f"FLOPs per parameter per token vary by up to {spread:.1%} across runs (the count includes "
+                     f"terms not proportional to N D): approach 3 converts with C = {k:.3g} N D, so its optima are "
+                     "approximate by about that much")
+    return {"definition": definition, "flops_per_param_token": k, "spread": spread}
+
+
+CURVE_KEYS = ("lr", "batch_size", "seed", "parent")  # besides the size, what makes runs one curve
+
+
+def final_point_curves(table):
+    """Approach-1 curves: one point per finished run (its final loss) or WSD branch (its end),
+    one curve per model size (4 significant digits) and setting (LR, batch, seed, trunk).
+
+    Mid-run evaluation points are never used: before its schedule has annealed, a run's loss
+    overstates what that compute buys (Hoffmann et al. 2022's caveat on approach 1), and
+    stable-phase (trunk) losses are already left out by `prepare`."""
     need = {"params", "flops", "tokens", "loss"}
     if not need <= set(table.columns):
         return None
     t = table[list(need)].copy()
-    t["curve"] = t["params"].map(lambda v: f"{float(v):.4g}")
+    key = table["params"].map(lambda v: f"{float(v):.4g}")
+    for col in (c for c in CURVE_KEYS if c in table.columns):
+        key = key + "|" + table[col].map(str)
+    t["curve"] = key
     return t
 
 
-def _study_curves(runs, curves, params_col: str):
-    """Approach-1 curves from a study: evaluation curves of plain runs; for WSD, the final
-    points of each trunk's decay branches (stable-phase losses are never compared).
-    `runs`: the prepared table, diverged runs already dropped."""
-    import pandas as pd
-
-    parts = []
-    if curves is not None and len(curves) and {"kind", "run_id", "val_loss"} <= set(curves.columns):
-        c = curves[(curves["kind"] == "run") & curves["run_id"].isin(set(runs["run_id"]))]
-        parts.append(pd.DataFrame({"curve": c["run_id"], "params": c[params_col], "flops": c["flops"],
-                                   "tokens": c["tokens"], "loss": c["val_loss"]}))
-    if "kind" in runs.columns and "parent" in runs.columns:
-        b = runs[runs["kind"] == "branch"]
-        parts.append(pd.DataFrame({"curve": b["parent"], "params": b["params"], "flops": b["flops"],
-                                   "tokens": b["tokens"], "loss": b["loss"]}))
-    parts = [p for p in parts if len(p)]
-    return pd.concat(parts, ignore_index=True).dropna() if parts else None
-
-
-def prepare(runs, curves, options: FitOptions, notes: tuple[str, ...] = (), history=None) -> FitData:
+def prepare(runs, options: FitOptions, notes: tuple[str, ...] = (), history=None) -> FitData:
     """Map columns, pick the parameter count, drop trunks and diverged runs, filter, derive."""
     notes_l, excluded = list(notes), {}
     df = _map_columns(runs, options.columns, options.param_count)
@@ -190,14 +204,10 @@ def prepare(runs, curves, options: FitOptions, notes: tuple[str, ...] = (), hist
         excluded["filtered"] = n - len(df)
     if not len(df):
         raise FitError("no runs left to fit (after dropping diverged runs and applying --where)")
+    counted = "flops" in df.columns
     df = _derive(df.reset_index(drop=True), notes_l)
-    is_study = curves is not None
-    if is_study:
-        pc = f"params_{options.param_count}" if options.param_count else "params"
-        curves = _study_curves(df, curves, pc if pc in curves.columns else "params")
-    else:
-        curves = _table_curves(df)
-    return FitData(df, curves, tuple(notes_l), excluded, history)
+    flops = flop_definition(df, notes_l) if counted and {"params", "tokens"} <= set(df.columns) else dict(SIX_ND)
+    return FitData(df, final_point_curves(df), tuple(notes_l), excluded, history, flops)
 
 
 # ----------------------------------------------------------------------------- laws
@@ -205,7 +215,7 @@ def prepare(runs, curves, options: FitOptions, notes: tuple[str, ...] = (), hist
 def _approach3(data: FitData, o: FitOptions):
     from scaleflow.fit.parametric import ParametricFitter
 
-    return ParametricFitter(o.huber_delta, o.n_bootstrap, o.seed).fit(data.table)
+    return ParametricFitter(o.huber_delta, o.n_bootstrap, o.seed, data.flops["flops_per_param_token"]).fit(data.table)
 
 
 def _approach2(data: FitData, o: FitOptions):
@@ -218,7 +228,7 @@ def _approach1(data: FitData, o: FitOptions):
     from scaleflow.fit.envelope import EnvelopeFitter
 
     if data.curves is None:
-        raise FitError("approach 1 needs evaluation curves or runs of one size at several token counts")
+        raise FitError("approach 1 needs runs of one model size at several token counts (or WSD branches)")
     return EnvelopeFitter(n_bootstrap=o.n_bootstrap, seed=o.seed, huber_delta=o.huber_delta).fit(data.curves)
 
 
@@ -331,7 +341,7 @@ def answer(laws: dict[str, Any], flops=(), loss: float | None = None, tokens: fl
         n = float(law.smallest_model(loss, tokens))
         out["smallest_model"] = _reachable([{
             "approach": "approach3", "loss": loss, "tokens": tokens, "params": n,
-            "params_ci": law.interval("smallest_model", loss, tokens).tolist(), "flops": 6.0 * n * tokens}],
+            "params_ci": law.interval("smallest_model", loss, tokens).tolist(), "flops": law.k * n * tokens}],
             f"loss {loss} is not reachable with {tokens:.3g} tokens: even an infinite model gets "
             f"{law.E + law.B * tokens ** -law.beta:.4g}")
     return jsonable(out)
@@ -353,9 +363,29 @@ def _default_budgets(table, rtol: float) -> list[float]:
     return np.geomspace(budgets.min(), budgets.max(), 5).tolist()
 
 
+def _measured_optimum(table, top: float, rtol: float) -> dict[str, Any]:
+    """The optimum the held-out budget measured: its minimum in the approach-2 fit of every
+    budget (the curves' shape is fitted on all of them), else its best run."""
+    from scaleflow.fit.isoflop import IsoFlopFitter
+
+    try:
+        fitted = [b for b in IsoFlopFitter(rtol).fit(table).budgets if b.flops == top]
+    except FitError:
+        fitted = []
+    if fitted and np.isfinite(fitted[0].params_opt):
+        b = fitted[0]
+        return {"params": b.params_opt, "tokens": b.tokens_opt, "loss": b.loss_opt,
+                "how": "minimum of the held-out budget's IsoFLOP curve"}
+    from scaleflow.fit.isoflop import group_budgets
+
+    test = table[group_budgets(table, rtol) == top]
+    best = test.loc[test["loss"].idxmin()]
+    return {"params": best["params"], "tokens": best["tokens"], "loss": best["loss"], "how": "best held-out run"}
+
+
 def _holdout(data: FitData, o: FitOptions) -> dict[str, Any]:
     """Fit without the largest budget; compare its predicted optimum with the measured one."""
-    from scaleflow.fit.isoflop import fit_budget, group_budgets
+    from scaleflow.fit.isoflop import group_budgets
 
     t = data.table
     C = group_budgets(t, o.budget_rtol)
@@ -366,13 +396,7 @@ def _holdout(data: FitData, o: FitOptions) -> dict[str, Any]:
     curves = None if data.curves is None else data.curves[data.curves["flops"] < test["flops"].min()]
     sub = replace(data, table=train.reset_index(drop=True), curves=curves)
     results = {k: v for k, v in LAWS[o.law](sub, o).items() if k != "skipped"}
-    measured = fit_budget(float(top), test) if test["params"].nunique() >= 3 else None
-    if measured is not None and np.isfinite(measured.params_opt):
-        m = {"params": measured.params_opt, "tokens": measured.tokens_opt, "loss": measured.loss_opt,
-             "how": "IsoFLOP parabola vertex of the held-out budget"}
-    else:
-        best = test.loc[test["loss"].idxmin()]
-        m = {"params": best["params"], "tokens": best["tokens"], "loss": best["loss"], "how": "best held-out run"}
+    m = _measured_optimum(t, float(top), o.budget_rtol)
     rows = []
     for p in predict_optimal(results, [top]):
         rows.append({**p, "params_ratio": p["params"] / m["params"] if p["params"] else None,
@@ -388,16 +412,16 @@ def fit(source: str | Path | Any, options: FitOptions = FitOptions()) -> FitRun:
     if options.law not in LAWS:
         raise FitError(f"unknown law {options.law!r}; choose one of: {', '.join(LAWS)}")
     if isinstance(source, (str, Path)):
-        runs, curves, notes, history = load_source(source)
+        runs, notes, history = load_source(source)
         name = str(source)
     else:
-        runs, curves, notes, history, name = source, None, (), None, "<DataFrame>"
+        runs, notes, history, name = source, (), None, "<DataFrame>"
     if options.history:
         try:
             history = _read_table(Path(options.history), options.history)
         except FitError as exc:
             raise FitError(f"--history: {exc}") from None
-    data = prepare(runs, curves, options, notes, history)
+    data = prepare(runs, options, notes, history)
     from scaleflow.fit.parametric import one_blas_thread
 
     with one_blas_thread():  # small problems: idle BLAS threads would only steal the optimiser's core

@@ -1,9 +1,10 @@
 """Approach 1 (Hoffmann et al. 2022): the lower envelope of loss against training FLOPs.
 
-Input: one row per evaluation point of a curve, columns `curve` (an id), `params` (N),
-`flops` (C, FLOPs spent so far), `tokens` (D so far) and `loss` (nats/token). A curve is an
-evaluation curve of one run, or the final points of the decay branches of one trunk (WSD:
-never mix stable-phase losses with decayed ones). Each curve is interpolated in log FLOPs
+Input: one row per point of a curve, columns `curve` (an id), `params` (N), `flops` (C, FLOPs),
+`tokens` (D) and `loss` (nats/token). A curve is one model size trained to several token
+counts, each point a run whose schedule has annealed: final points of runs, or the ends of the
+decay branches of one WSD trunk (`fit.api.final_point_curves`; never mid-run or stable-phase
+losses, which overstate the loss that compute buys). Each curve is interpolated in log FLOPs
 onto a common log-spaced grid; at each grid point the curve with the lowest loss gives
 N_opt(C) and D_opt(C). Fits: N_opt = k_N C^a and D_opt = k_D C^b through the envelope,
 intervals by resampling whole curves; L_opt(C) = E + A C^-alpha through the envelope losses.
@@ -28,10 +29,11 @@ class EnvelopeResult:
     params: np.ndarray
     tokens: np.ndarray
     loss: np.ndarray
+    used: str = ""  # which points the envelope was built from
 
     def to_dict(self, include_samples: bool = False) -> dict:
         env = {"flops": self.flops, "params": self.params, "tokens": self.tokens, "loss": self.loss}
-        return {**self.law.to_dict(include_samples), "envelope": jsonable(env)}
+        return {**self.law.to_dict(include_samples), "envelope": jsonable(env), "used": self.used}
 
 
 def _interpolate(curves, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,9 +81,11 @@ class EnvelopeFitter:
         grid = np.geomspace(curves["flops"].min(), curves["flops"].max(), self.n_grid)
         params, loss, tokens = _interpolate(curves, grid)
         best = lower_envelope(loss)[0]
-        # Where the smallest or largest model is best, the true optimum may lie beyond the
-        # sampled sizes (censored): those grid points are left out of the fits.
-        edge = (best < 0) | np.isin(best, [params.argmin(), params.argmax()])
+        # Where the smallest or largest model size is best, the true optimum may lie beyond the
+        # sampled sizes (censored): those grid points are left out of the fits. Compared by
+        # size, since several curves (settings, trunks) can share one size.
+        best_size = np.where(best >= 0, params[np.maximum(best, 0)], np.nan)
+        edge = (best < 0) | (best_size == params.min()) | (best_size == params.max())
         if len(np.unique(best[~edge])) < 2:
             raise FitError("approach 1: fewer than 2 model sizes are ever best away from the smallest and "
                            "largest models; N_opt(C) cannot be fitted")
@@ -102,7 +106,9 @@ class EnvelopeFitter:
                          "model was best there (optimum possibly outside the sampled sizes)")
         law = AllocationLaw("approach1", n_law, d_law, self._loss_law(grid, env_l),
                             status, "; ".join(notes))
-        return EnvelopeResult(law, grid, env_n, env_d, env_l)
+        used = (f"{len(curves)} annealed points (final points of runs or decay-branch ends) on "
+                f"{curves['curve'].nunique()} curves of {len(np.unique(params))} model sizes")
+        return EnvelopeResult(law, grid, env_n, env_d, env_l, used)
 
     def _loss_law(self, flops: np.ndarray, loss: np.ndarray):
         import pandas as pd

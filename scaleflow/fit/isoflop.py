@@ -1,13 +1,28 @@
-"""Approach 2 (IsoFLOP, Hoffmann et al. 2022): per FLOP budget a parabola of loss in log N.
+"""Approach 2 (IsoFLOP, Hoffmann et al. 2022): per FLOP budget, the model size of least loss.
 
 Budgets (C, FLOPs): the `budget` column where present (the planned budget), else runs whose
-`flops` agree within `rtol` (relative to the smallest run of the group). Per budget with at
-least 3 model sizes: loss = c0 + c1 x + c2 x^2 with x = ln N (N in parameters); the vertex
-x* = -c1 / (2 c2) is N_opt(C). A budget is refused when the parabola is not convex or its
-vertex lies outside the sampled sizes, and marked doubtful when the vertex is near an edge
-(the parabola is biased there). D_opt (tokens) at the vertex comes from a line of ln D on
-ln N within the budget (exact for D = C / 6N). Across accepted budgets: N_opt = k_N C^a and
-D_opt = k_D C^b; intervals by resampling runs within each budget.
+`flops` agree within `rtol` (relative to the smallest run of the group).
+
+Why not one parabola in ln N per budget (Hoffmann's method): along a budget, L(N, D) = E +
+A/N^alpha + B/D^beta with D proportional to C/N is lopsided in x = ln N whenever alpha !=
+beta, so a parabola over a wide ladder puts its vertex off the minimum, by a different factor
+at each budget when the ladder is fixed, and the fitted exponent tilts (docs/science.md,
+"Approach 2"). Each budget is fitted instead with the shape that form implies,
+
+    L_c(x) = E_c + A_c exp(-alpha u) + B_c exp(beta u),   u = x - mean(x of budget c),
+
+with the shape exponents alpha, beta shared by all budgets and E_c, A_c, B_c free per budget
+(so the optimum of each budget is its own: nothing forces the budgets onto one law). The fit
+minimises the summed squared relative error; at fixed (alpha, beta) it is linear, so a
+log-spaced grid over (alpha, beta) is priced in one batched solve and refined by shrinking
+grids. The minimum is u* = ln(alpha A_c / (beta B_c)) / (alpha + beta); a parabola is the
+limit of small alpha and beta, so symmetric curves are fitted as well as before.
+
+A budget is refused when its curve has no interior minimum (A_c or B_c <= 0) or the minimum
+lies outside the sampled sizes, and marked doubtful when it is near an edge. D_opt (tokens)
+at the minimum comes from a line of ln D on ln N within the budget (exact for D = C / 6N).
+Across accepted budgets: N_opt = k_N C^a and D_opt = k_D C^b; intervals by resampling runs
+within each budget and refitting everything, the shape included.
 """
 
 from __future__ import annotations
@@ -20,7 +35,9 @@ from scaleflow.errors import FitError
 from scaleflow.fit.laws import (DOUBTFUL, OK, REFUSED, AllocationLaw, PowerLaw, check_table, jsonable,
                                 resample_weights)
 
-EDGE = 0.8  # vertex beyond this fraction of the half-range from the centre: "near the edge"
+EDGE = 0.8  # minimum beyond this fraction of the half-range from the centre: "near the edge"
+SHAPE_RANGE = (0.05, 2.5)  # range searched for the shape exponents alpha, beta
+COARSE, FINE, ROUNDS = 24, 5, 14  # coarse grid points per axis; refinement grid points and rounds
 
 
 def group_budgets(df, rtol: float = 0.1) -> np.ndarray:
@@ -38,45 +55,104 @@ def group_budgets(df, rtol: float = 0.1) -> np.ndarray:
     return out
 
 
-def parabolas(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted quadratic fits y = c0 + c1 x + c2 x^2, batched over the rows of w (R, m).
+@dataclass(frozen=True, eq=False)
+class Curve:
+    """One budget's points: x = ln N (parameters), u = x - mean(x), loss y (nats/token)."""
 
-    Returns (R, 3) coefficients [c0, c1, c2] in raw x; NaN rows where fewer than 3 distinct x
-    carry weight.
+    x: np.ndarray
+    y: np.ndarray
+
+    @property
+    def u(self) -> np.ndarray:
+        return self.x - self.x.mean()
+
+
+def _basis(u: np.ndarray, log_exps: np.ndarray) -> np.ndarray:
+    """(..., m, 3) columns 1, exp(-alpha u), exp(beta u) for log_exps (..., 2) = ln(alpha, beta)."""
+    e = np.exp(log_exps)[..., None, :]
+    F = np.ones(log_exps.shape[:-1] + (len(u), 3))
+    F[..., 1] = np.exp(-e[..., 0] * u)
+    F[..., 2] = np.exp(e[..., 1] * u)
+    return F
+
+
+def _solve(c: Curve, w: np.ndarray, log_exps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Relative-error least squares of one budget at each shape: w (R, m) point weights,
+    log_exps (G, 2) shared by the replicates or (R, G, 2) -> coefficients (R, G, 3)
+    [E_c, A_c, B_c] and weighted SSE (R, G)."""
+    F = _basis(c.u, log_exps)  # (G, m, 3) or (R, G, m, 3)
+    wy = w / c.y**2
+    R, m = wy.shape
+    if F.ndim == 3:  # one grid for every replicate: two matrix products price it all
+        FF = (F[..., :, None] * F[..., None, :]).transpose(1, 0, 2, 3).reshape(m, -1)
+        M = (wy @ FF).reshape(R, -1, 3, 3)
+        rhs = ((wy * c.y) @ F.transpose(1, 0, 2).reshape(m, -1)).reshape(R, -1, 3)
+    else:
+        Fw = F * wy[:, None, :, None]
+        M, rhs = Fw.transpose(0, 1, 3, 2) @ F, (Fw * c.y[:, None]).sum(-2)
+    M += 1e-12 * np.trace(M, axis1=-2, axis2=-1)[..., None, None] * np.eye(3)
+    coef = np.linalg.solve(M, rhs[..., None])[..., 0]
+    pred = np.einsum("gmi,rgi->rgm", F, coef) if F.ndim == 3 else (F @ coef[..., None])[..., 0]
+    return coef, np.einsum("rm,rgm->rg", wy, (pred - c.y) ** 2)
+
+
+def fit_shapes(curves: list[Curve], weights: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Shared shape ln(alpha, beta) (R, 2) and per-budget coefficients [(R, 3)] for R replicates.
+
+    weights[j] (R, m_j) weights the points of budget j (bootstrap counts; ones for the fit).
+    A log-spaced COARSE x COARSE grid, then ROUNDS of FINE x FINE grids, each half as wide, around every replicate's best point.
     """
-    xm = x.mean()
-    V = np.vander(x - xm, 3, increasing=True)  # (m, 3): 1, u, u^2 with u = x - xm
-    M = np.einsum("rm,mi,mj->rij", w, V, V)
-    rhs = np.einsum("rm,mi,m->ri", w, V, y)
-    ux, inv = np.unique(x, return_inverse=True)
-    ok = ((w @ (inv[:, None] == np.arange(len(ux)))) > 0).sum(axis=1) >= 3  # 3+ distinct x
-    c = np.full((len(w), 3), np.nan)
-    c[ok] = np.linalg.solve(M[ok], rhs[ok][..., None])[..., 0]
-    # back to raw x: c0 + c1 (x - xm) + c2 (x - xm)^2
-    return np.column_stack([c[:, 0] - c[:, 1] * xm + c[:, 2] * xm**2, c[:, 1] - 2 * c[:, 2] * xm, c[:, 2]])
+    R = len(weights[0])
+    lo, hi = np.log(SHAPE_RANGE)
+    axis = np.linspace(lo, hi, COARSE)
+    grid = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+    step = (hi - lo) / (COARSE - 1)
+    local = np.stack(np.meshgrid(*[np.linspace(-1, 1, FINE)] * 2, indexing="ij"), -1).reshape(-1, 2)
+    for _ in range(ROUNDS + 1):
+        sse = sum(_solve(c, w, grid)[1] for c, w in zip(curves, weights))
+        best = np.broadcast_to(grid, (R,) + grid.shape[-2:])[np.arange(R), np.argmin(np.nan_to_num(sse, nan=np.inf), 1)]
+        grid = np.clip(best[:, None, :] + step * local[None], lo, hi)
+        step /= 2.0
+    coefs = [_solve(c, w, best[:, None, :])[0][:, 0] for c, w in zip(curves, weights)]
+    return best, coefs
 
 
-def vertices(coef: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """x* of each parabola; NaN where not convex or outside [lo, hi]."""
+def minimum(c: Curve, log_exps: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x*, loss at x*) of the fitted curve, batched over rows; x* NaN where the curve has no
+    interior minimum or it lies outside the sampled sizes."""
+    alpha, beta = np.exp(log_exps[..., 0]), np.exp(log_exps[..., 1])
+    A, B = coef[..., 1], coef[..., 2]
     with np.errstate(invalid="ignore", divide="ignore"):
-        xv = -coef[:, 1] / (2.0 * coef[:, 2])
-    return np.where((coef[:, 2] > 0) & (xv >= lo) & (xv <= hi), xv, np.nan)
+        u = np.log(alpha * A / (beta * B)) / (alpha + beta)
+        loss = coef[..., 0] + A * np.exp(-alpha * u) + B * np.exp(beta * u)
+    x = c.x.mean() + u
+    inside = (A > 0) & (B > 0) & (x >= c.x.min()) & (x <= c.x.max())
+    return np.where(inside, x, np.nan), np.where(inside, loss, np.nan)
+
+
+def curve_loss(c: Curve, log_exps: np.ndarray, coef: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The fitted loss curve of budget c at x = ln N (for plots)."""
+    return _basis(x - c.x.mean(), np.asarray(log_exps, float)) @ np.asarray(coef, float)
 
 
 @dataclass(frozen=True, eq=False)
 class BudgetFit:
-    """One IsoFLOP budget: its runs, parabola (in ln N) and vertex. flops in FLOPs."""
+    """One IsoFLOP budget: its runs, fitted curve and minimum. flops in FLOPs."""
 
     flops: float
     params: np.ndarray
     tokens: np.ndarray
     loss: np.ndarray
-    coef: np.ndarray  # [c0, c1, c2] of loss = c0 + c1 ln N + c2 (ln N)^2
+    coef: np.ndarray  # [E_c, A_c, B_c] of L = E_c + A_c exp(-alpha u) + B_c exp(beta u)
     params_opt: float
     tokens_opt: float
     loss_opt: float
     status: str
     message: str
+
+    @property
+    def curve(self) -> Curve:
+        return Curve(np.log(self.params), self.loss)
 
     def to_dict(self) -> dict:
         return jsonable({
@@ -88,31 +164,38 @@ class BudgetFit:
 
 @dataclass(frozen=True, eq=False)
 class IsoFlopResult:
-    """Approach 2: per-budget fits and the allocation law over the accepted budgets."""
+    """Approach 2: per-budget fits, their shared shape exponents and the allocation law."""
 
     law: AllocationLaw
     budgets: tuple[BudgetFit, ...]
+    shape: tuple[float, float]  # (alpha, beta) of the budgets' curves
+
+    def curve_loss(self, budget: BudgetFit, params: np.ndarray) -> np.ndarray:
+        """Fitted loss of `budget` at `params` (parameters)."""
+        return curve_loss(budget.curve, np.log(self.shape), budget.coef, np.log(params))
 
     def to_dict(self, include_samples: bool = False) -> dict:
-        return {**self.law.to_dict(include_samples), "budgets": [b.to_dict() for b in self.budgets]}
+        return {**self.law.to_dict(include_samples), "budgets": [b.to_dict() for b in self.budgets],
+                "method": "per-budget curves E_c + A_c N^-alpha + B_c N^beta with shared alpha, beta",
+                "shape": {"alpha": self.shape[0], "beta": self.shape[1]}}
 
 
-def fit_budget(C: float, g) -> BudgetFit:
-    x, y = np.log(g["params"].to_numpy(float)), g["loss"].to_numpy(float)
-    coef = parabolas(x, y, np.ones((1, len(x))))[0]
-    lo, hi = x.min(), x.max()
-    xv = vertices(coef[None], lo, hi)[0]
-    kd = np.polyfit(x, np.log(g["tokens"].to_numpy(float)), 1)
-    nan = np.nan
+def _budget(C: float, g, log_exps: np.ndarray, coef: np.ndarray) -> BudgetFit:
+    c = Curve(np.log(g["params"].to_numpy(float)), g["loss"].to_numpy(float))
+    tokens = g["tokens"].to_numpy(float)
+    xv, lv = (float(v) for v in minimum(c, log_exps, coef))
     if not np.isfinite(xv):
-        why = "the parabola is not convex" if not coef[2] > 0 else "its minimum lies outside the sampled model sizes"
-        return BudgetFit(C, np.exp(x), g["tokens"].to_numpy(float), y, coef, nan, nan, nan, REFUSED,
+        why = ("the fitted curve has no interior minimum" if not (coef[1] > 0 and coef[2] > 0)
+               else "its minimum lies outside the sampled model sizes")
+        return BudgetFit(C, np.exp(c.x), tokens, c.y, coef, np.nan, np.nan, np.nan, REFUSED,
                          f"budget {C:.3g} FLOPs refused: {why}")
-    offset = abs(xv - (lo + hi) / 2) / ((hi - lo) / 2)
-    status, msg = (DOUBTFUL, f"budget {C:.3g} FLOPs: minimum near the edge of the sampled sizes "
-                   "(the parabola may be biased)") if offset > EDGE else (OK, "")
-    return BudgetFit(C, np.exp(x), g["tokens"].to_numpy(float), y, coef, float(np.exp(xv)),
-                     float(np.exp(np.polyval(kd, xv))), float(np.polyval(coef[::-1], xv)), status, msg)
+    lo, hi = c.x.min(), c.x.max()
+    near_edge = abs(xv - (lo + hi) / 2) / ((hi - lo) / 2) > EDGE
+    status, msg = (DOUBTFUL, f"budget {C:.3g} FLOPs: minimum near the edge of the sampled sizes") if near_edge \
+        else (OK, "")
+    kd = np.polyfit(c.x, np.log(tokens), 1)
+    return BudgetFit(C, np.exp(c.x), tokens, c.y, coef, float(np.exp(xv)), float(np.exp(np.polyval(kd, xv))),
+                     lv, status, msg)
 
 
 @dataclass(frozen=True)
@@ -131,44 +214,57 @@ class IsoFlopFitter:
     def fit(self, df) -> IsoFlopResult:
         check_table(df, ("params", "tokens", "loss", "flops"), 6, "approach 2 (IsoFLOP)")
         C = group_budgets(df, self.rtol)
-        groups = [(c, g) for c, g in df.groupby(C) if g["params"].nunique() >= 3]
+        groups = [(float(c), g) for c, g in df.groupby(C) if g["params"].nunique() >= 3]
         if len(groups) < 2:
             raise FitError(f"approach 2 needs at least 2 FLOP budgets with 3 or more model sizes each; found "
                            f"{len(groups)} (budgets grouped within {self.rtol:.0%} of FLOPs)")
-        budgets = tuple(fit_budget(float(c), g) for c, g in groups)
+        if max(g["params"].nunique() for _, g in groups) < 4:
+            raise FitError("approach 2 needs 4 or more model sizes in at least one budget to fit the curves' shape")
+        curves = [Curve(np.log(g["params"].to_numpy(float)), g["loss"].to_numpy(float)) for _, g in groups]
+        log_exps, coefs = fit_shapes(curves, [np.ones((1, len(c.x))) for c in curves])
+        budgets = tuple(_budget(c, g, log_exps[0], k[0]) for (c, g), k in zip(groups, coefs))
         good = [b for b in budgets if b.status != REFUSED]
         if len(good) < 2:
             raise FitError(f"approach 2: only {len(good)} of {len(budgets)} budgets have a minimum inside the "
                            "sampled model sizes; widen the grids or use approach 3")
         Cs = np.array([b.flops for b in good])
-        n_boot, d_boot = self._bootstrap(good)
+        n_boot, d_boot = self._bootstrap(budgets, curves)
+        keep = [i for i, b in enumerate(budgets) if b.status != REFUSED]
+        n_boot, d_boot = n_boot[:, keep], d_boot[:, keep]
         n_law = PowerLaw.fit(Cs, [b.params_opt for b in good], boot=(Cs, n_boot, np.isfinite(n_boot)))
         d_law = PowerLaw.fit(Cs, [b.tokens_opt for b in good], boot=(Cs, d_boot, np.isfinite(d_boot)))
+        law = AllocationLaw("approach2", n_law, d_law, self._loss_law(good), *self._status(budgets, good))
+        return IsoFlopResult(law, budgets, tuple(float(v) for v in np.exp(log_exps[0])))
+
+    @staticmethod
+    def _status(budgets, good) -> tuple[str, str]:
         problems = [f"{n} of {len(budgets)} budgets {what}" for n, what in (
             (sum(b.status == REFUSED for b in budgets), "refused (no minimum inside the sampled sizes)"),
             (sum(b.status == DOUBTFUL for b in budgets), "with the minimum near the edge of the sampled sizes"))
             if n]
         if len(good) == 2:
             problems.append("only 2 usable budgets: the exponents go through 2 points")
-        law = AllocationLaw("approach2", n_law, d_law, self._loss_law(good),
-                            DOUBTFUL if problems else OK, "; ".join(problems))
-        return IsoFlopResult(law, budgets)
+        return (DOUBTFUL if problems else OK), "; ".join(problems)
 
-    def _bootstrap(self, good: list[BudgetFit]) -> tuple[np.ndarray, np.ndarray]:
-        """(R, budgets) N_opt and D_opt from runs resampled within each budget; NaN if refused."""
-        rng = np.random.default_rng(self.seed)
+    def _bootstrap(self, budgets, curves: list[Curve]) -> tuple[np.ndarray, np.ndarray]:
+        """(R, budgets) N_opt and D_opt from runs resampled within each budget, the shape refitted
+        too; NaN where a replicate's curve has no minimum inside the sampled sizes."""
         R = self.n_bootstrap
-        n_opt, d_opt = np.full((R, len(good)), np.nan), np.full((R, len(good)), np.nan)
-        for j, b in enumerate(good):
-            x, m = np.log(b.params), len(b.params)
-            w = resample_weights(rng, m, R)
-            xv = vertices(parabolas(x, b.loss, w), x.min(), x.max())
-            kd = np.polyfit(x, np.log(b.tokens), 1)
+        if R == 0:
+            return np.empty((0, len(curves))), np.empty((0, len(curves)))
+        rng = np.random.default_rng(self.seed)
+        weights = [resample_weights(rng, len(c.x), R) for c in curves]
+        log_exps, coefs = fit_shapes(curves, weights)
+        n_opt, d_opt = np.full((R, len(curves)), np.nan), np.full((R, len(curves)), np.nan)
+        for j, (c, b, k) in enumerate(zip(curves, budgets, coefs)):
+            distinct = (weights[j] @ (c.x[:, None] == np.unique(c.x)[None]) > 0).sum(axis=1)
+            xv = np.where(distinct >= 3, minimum(c, log_exps, k)[0], np.nan)
+            kd = np.polyfit(c.x, np.log(b.tokens), 1)
             n_opt[:, j], d_opt[:, j] = np.exp(xv), np.exp(np.polyval(kd, xv))
         return n_opt, d_opt
 
     def _loss_law(self, good: list[BudgetFit]):
-        """L_opt(C) = E + A C^-alpha through the vertex losses, when at least 4 budgets allow it."""
+        """L_opt(C) = E + A C^-alpha through the minima's losses, when at least 4 budgets allow it."""
         if len(good) < 4:
             return None
         import pandas as pd
@@ -180,11 +276,12 @@ class IsoFlopFitter:
 
 
 def simulate(law, budgets, sizes_per_budget: int = 9, span: float = 16.0, noise: float = 0.005,
-             seed: int = 0, offset: float = 1.0):
+             seed: int = 0, offset: float = 1.0, ladder=None):
     """Synthetic IsoFLOP study from a known ChinchillaLaw (the test oracle).
 
-    For each budget C (FLOPs): `sizes_per_budget` model sizes log-spaced over a factor `span`
-    around offset * law.n_opt(C), D = C / 6N tokens, loss = law.predict(N, D) times
+    For each budget C (FLOPs): model sizes N (parameters) from `ladder` (the same fixed sizes at
+    every budget, as real studies use), else `sizes_per_budget` sizes log-spaced over a factor
+    `span` around offset * law.n_opt(C); D = C / 6N tokens, loss = law.predict(N, D) times
     exp(noise * standard normal). Returns a DataFrame with params, tokens, flops, budget, loss.
     """
     import pandas as pd
@@ -192,7 +289,8 @@ def simulate(law, budgets, sizes_per_budget: int = 9, span: float = 16.0, noise:
     rng = np.random.default_rng(seed)
     rows = []
     for C in budgets:
-        N = offset * law.n_opt(C) * np.geomspace(span**-0.5, span**0.5, sizes_per_budget)
+        N = np.asarray(ladder, float) if ladder is not None else \
+            offset * law.n_opt(C) * np.geomspace(span**-0.5, span**0.5, sizes_per_budget)
         D = C / (6.0 * N)
         loss = law.predict(N, D) * np.exp(noise * rng.standard_normal(len(N)))
         rows.append(pd.DataFrame({"params": N, "tokens": D, "flops": C, "budget": C, "loss": loss}))

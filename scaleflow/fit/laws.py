@@ -96,7 +96,11 @@ class Law:
 
     def evaluate(self, quantity: str, *x: Any) -> np.ndarray:
         """Value of `quantity` (a key of FUNCS) at the fitted parameters."""
-        return self.FUNCS[quantity](*(np.asarray(v, float) for v in x), **self.params)
+        return self.FUNCS[quantity](*(np.asarray(v, float) for v in x), **self.params, **self.constants())
+
+    def constants(self) -> dict[str, float]:
+        """Fixed settings the FUNCS need besides the fitted parameters (none by default)."""
+        return {}
 
     def interval(self, quantity: str, *x: Any, level: float = LEVEL) -> np.ndarray:
         """(2, ...) percentile interval of `quantity` over the bootstrap replicates."""
@@ -105,7 +109,7 @@ class Law:
             return np.full((2,) + args[0].shape[1:], np.nan)
         cols = {p: self.samples[:, i].reshape((-1,) + (1,) * (args[0].ndim - 1)) for i, p in enumerate(self.PARAMS)}
         with np.errstate(all="ignore"):
-            return percentile_interval(self.FUNCS[quantity](*args, **cols), level)
+            return percentile_interval(self.FUNCS[quantity](*args, **cols, **self.constants()), level)
 
     def to_dict(self, include_samples: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = dict(self.params)
@@ -125,6 +129,36 @@ class Law:
         kw = {k: (np.nan if d[k] is None else d[k]) if k in cls.PARAMS else d[k] for k in names if k in d}
         samples = np.array(d.get("samples") or np.empty((0, len(cls.PARAMS))), dtype=float)
         return cls(samples=samples, **kw)
+
+
+SPREAD = 10.0  # a scale parameter whose 95% interval spans more than this factor is not pinned
+FLOOR = 1e-6  # a scale parameter (E, A, B) below this has run into its bound 0
+
+
+def unpinned(law: "Law", hints: dict[str, str]) -> list[str]:
+    """What the data leave undetermined: a scale parameter (not an exponent) at its bound 0 or
+    with a 95% interval wider than a factor SPREAD; an exponent whose interval is wider than
+    the exponent itself. `hints` maps each parameter to check to the data that would pin it.
+    Without bootstrap replicates only the bound is checked."""
+    out = []
+    for name, hint in hints.items():
+        value, (lo, hi) = getattr(law, name), law.ci[name]
+        exponent = name in ("alpha", "beta", "exponent")
+        if not exponent and value < FLOOR:
+            out.append(f"{name} = {value:.2g} is at its bound 0: {hint}")
+        elif np.isfinite(lo) and np.isfinite(hi) and (
+                (hi - lo > abs(value)) if exponent else (lo <= 0 or hi / lo > SPREAD)):
+            out.append(f"{name} = {value:.3g} is not pinned by the data (95% interval {lo:.3g} to {hi:.3g}): {hint}")
+    return out
+
+
+def with_problems(law: "Law", problems: list[str]) -> "Law":
+    """The law marked doubtful with `problems` added to its message (unchanged if none)."""
+    if not problems:
+        return law
+    from dataclasses import replace
+
+    return replace(law, status=DOUBTFUL, message="; ".join(m for m in (law.message, *problems) if m))
 
 
 def _pow(x, k, exponent):
@@ -188,7 +222,8 @@ class SaturatingPowerLaw(Law):
         return {"huber_loss": self.huber_loss, "n_points": self.n_points, "x_name": self.x_name}
 
 
-def _chin_loss(N, D, E, A, B, alpha, beta):
+# C = k N D (k = 6 for the 6ND count): the compute-optimal frontier under that constraint.
+def _chin_loss(N, D, E, A, B, alpha, beta, k=6.0):
     return E + A * N ** (-alpha) + B * D ** (-beta)
 
 
@@ -196,28 +231,28 @@ def _chin_G(A, B, alpha, beta):
     return (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
 
 
-def _chin_n_opt(C, E, A, B, alpha, beta):
-    return _chin_G(A, B, alpha, beta) * (C / 6.0) ** (beta / (alpha + beta))
+def _chin_n_opt(C, E, A, B, alpha, beta, k=6.0):
+    return _chin_G(A, B, alpha, beta) * (C / k) ** (beta / (alpha + beta))
 
 
-def _chin_d_opt(C, E, A, B, alpha, beta):
-    return (C / 6.0) ** (alpha / (alpha + beta)) / _chin_G(A, B, alpha, beta)
+def _chin_d_opt(C, E, A, B, alpha, beta, k=6.0):
+    return (C / k) ** (alpha / (alpha + beta)) / _chin_G(A, B, alpha, beta)
 
 
-def _chin_loss_opt(C, E, A, B, alpha, beta):
+def _chin_loss_opt(C, E, A, B, alpha, beta, k=6.0):
     p = dict(E=E, A=A, B=B, alpha=alpha, beta=beta)
-    return _chin_loss(_chin_n_opt(C, **p), _chin_d_opt(C, **p), **p)
+    return _chin_loss(_chin_n_opt(C, k=k, **p), _chin_d_opt(C, k=k, **p), **p)
 
 
-def _chin_compute_for_loss(L, E, A, B, alpha, beta):
-    # L_opt(C) = E + K (C/6)^(-alpha beta / (alpha + beta)), K = A G^-alpha + B G^beta
+def _chin_compute_for_loss(L, E, A, B, alpha, beta, k=6.0):
+    # L_opt(C) = E + K (C/k)^(-alpha beta / (alpha + beta)), K = A G^-alpha + B G^beta
     G = _chin_G(A, B, alpha, beta)
     K = A * G ** (-alpha) + B * G**beta
     with np.errstate(all="ignore"):
-        return np.where(L > E, 6.0 * ((L - E) / K) ** (-(alpha + beta) / (alpha * beta)), np.nan)
+        return np.where(L > E, k * ((L - E) / K) ** (-(alpha + beta) / (alpha * beta)), np.nan)
 
 
-def _chin_smallest_model(L, D, E, A, B, alpha, beta):
+def _chin_smallest_model(L, D, E, A, B, alpha, beta, k=6.0):
     gap = L - E - B * D ** (-beta)
     with np.errstate(all="ignore"):
         return np.where(gap > 0, (A / gap) ** (1.0 / alpha), np.nan)
@@ -225,9 +260,11 @@ def _chin_smallest_model(L, D, E, A, B, alpha, beta):
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class ChinchillaLaw(Law):
-    """L(N, D) = E + A / N^alpha + B / D^beta (Chinchilla approach 3), with C = 6 N D optima.
+    """L(N, D) = E + A / N^alpha + B / D^beta (Chinchilla approach 3), with optima under C = k N D.
 
-    n_opt(C) = G (C/6)^a and d_opt(C) = G^-1 (C/6)^b, with a = beta/(alpha+beta),
+    C in FLOPs as the study counted them; k (FLOPs per parameter per token) is 6 for the 6ND
+    count, else the study's own ratio (`fit.api.flop_definition`), so every approach predicts
+    at the same C. n_opt(C) = G (C/k)^a and d_opt(C) = G^-1 (C/k)^b, with a = beta/(alpha+beta),
     b = alpha/(alpha+beta) and G = (alpha A / (beta B))^(1/(alpha+beta)).
     """
 
@@ -243,6 +280,10 @@ class ChinchillaLaw(Law):
     beta: float
     huber_loss: float = math.nan
     n_points: int = 0
+    k: float = 6.0  # FLOPs per parameter per token: C = k N D
+
+    def constants(self) -> dict[str, float]:
+        return {"k": self.k}
 
     @property
     def a(self) -> float:
@@ -289,7 +330,8 @@ class ChinchillaLaw(Law):
         return ci
 
     def _extra(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "huber_loss": self.huber_loss, "n_points": self.n_points}
+        return {"a": self.a, "b": self.b, "huber_loss": self.huber_loss, "n_points": self.n_points,
+                "k": self.k}
 
 
 @dataclass(frozen=True, eq=False)

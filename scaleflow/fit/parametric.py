@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scaleflow.fit.laws import DOUBTFUL, OK, ChinchillaLaw, check_table, resample_weights
+from scaleflow.fit.laws import DOUBTFUL, OK, ChinchillaLaw, check_table, resample_weights, unpinned, with_problems
 
 TIGHT = {"ftol": 1e-15, "gtol": 1e-12}
 # Epoch AI's start grid, theta order (e, a, b, alpha, beta): 5 x 6 x 6 x 5 x 5 = 4,500 starts.
@@ -121,9 +121,34 @@ def one_blas_thread():
 
 def fit_lse(X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None = None,
             starts: np.ndarray | None = None, n_grid: int = 40, n_seeds: int = 4):
-    """Global fit: refine the VP seeds (plus any extra `starts`); return the best scipy result."""
+    """Global fit: refine the VP seeds (plus any extra `starts`), polish the best; the scipy
+    result gains `converged` (bool) and `convergence` (why not, or "")."""
     with one_blas_thread():
-        return _fit_lse(X, logy, delta, w, starts, n_grid, n_seeds)
+        return polish(_fit_lse(X, logy, delta, w, starts, n_grid, n_seeds), X, logy, delta, w)
+
+
+def polish(res, X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None = None):
+    """Restart L-BFGS-B at the best point and judge convergence by what matters.
+
+    Converged: the restart lowers the summed Huber loss by at most 1e-9 of it (plus a floor of
+    1e-15 delta^2 per point for exact fits), and every gradient component, relative to the
+    largest it could be (points x delta x (1 + max |log x|)), is below 1e-5. L-BFGS-B's own
+    message is not used: at an optimum its line search often ends at machine precision
+    ("ABNORMAL"), and whether it does depends on the CPU.
+    """
+    again = refine(res.x, X, logy, delta, w)
+    best = again if again.fun < res.fun else res
+    n = float(len(logy) if w is None else np.sum(w))
+    drop = res.fun - best.fun
+    grad = huber_objective(best.x, X, logy, delta, w)[1]
+    scaled = float(np.abs(grad).max() / (n * delta * (1.0 + np.abs(X).max())))
+    problems = []
+    if drop > 1e-9 * best.fun + 1e-15 * n * delta**2:
+        problems.append(f"a restart at the best point still lowered the loss by {drop / max(res.fun, 1e-300):.1e}")
+    if scaled > 1e-5:
+        problems.append(f"the scaled gradient is {scaled:.1e} (above 1e-5)")
+    best.converged, best.convergence = not problems, "; ".join(problems)
+    return best
 
 
 def _fit_lse(X, logy, delta, w, starts, n_grid, n_seeds):
@@ -146,11 +171,12 @@ def bootstrap_lse(X: np.ndarray, logy: np.ndarray, delta: float, theta_hat: np.n
 
 
 def theta_status(res, exponents: np.ndarray, X: np.ndarray) -> tuple[str, str]:
-    """Status and message of a fit: optimiser failure, non-positive or huge exponents, or
-    collinear variables (e.g. one FLOP budget, where N and D = C/6N carry the same information)."""
+    """Status and message of a fit (a `fit_lse` result): not converged, non-positive or huge
+    exponents, or collinear variables (e.g. one FLOP budget, where N and D = C/6N carry the
+    same information)."""
     problems = []
-    if not res.success:
-        problems.append(f"optimiser stopped: {res.message}")
+    if not res.converged:
+        problems.append(f"the optimiser did not converge: {res.convergence}")
     if np.any(exponents <= 0.0) or np.any(exponents > 3.0):
         problems.append(f"exponent(s) {np.round(exponents, 4).tolist()} outside (0, 3]")
     if X.shape[1] == 2 and abs(np.corrcoef(X.T)[0, 1]) > 0.999:
@@ -158,16 +184,28 @@ def theta_status(res, exponents: np.ndarray, X: np.ndarray) -> tuple[str, str]:
     return (DOUBTFUL, "; ".join(problems)) if problems else (OK, "")
 
 
+_SIZES = "runs over a wider range of model sizes would pin it"
+_TOKENS = "runs over a wider range of token counts (budgets further apart) would pin it"
+PIN_HINTS = {
+    "E": "runs nearer the loss floor (larger models on more tokens, budgets spanning more compute) would pin it; "
+         "until then the exponents absorb it",
+    "A": _SIZES, "alpha": _SIZES, "B": _TOKENS, "beta": _TOKENS,
+}
+
+
 @dataclass(frozen=True)
 class ParametricFitter:
     """Approach 3 estimator: `ParametricFitter(n_bootstrap=200).fit(df)` -> ChinchillaLaw.
 
     df needs columns `params` (N), `tokens` (D) and `loss` (nats/token), all positive.
+    `flops_per_param_token` (k) is how the study counts compute, C = k N D: the law's optima
+    are answered at C in that count.
     """
 
     huber_delta: float = 1e-3
     n_bootstrap: int = 0
     seed: int = 0
+    flops_per_param_token: float = 6.0
 
     def fit(self, df) -> ChinchillaLaw:
         check_table(df, ("params", "tokens", "loss"), 6, "approach 3 (5 parameters)")
@@ -176,11 +214,12 @@ class ParametricFitter:
         res = fit_lse(X, logy, self.huber_delta)
         samples = bootstrap_lse(X, logy, self.huber_delta, res.x, self.n_bootstrap, self.seed)
         status, message = theta_status(res, res.x[3:], X)
-        return ChinchillaLaw(
+        law = ChinchillaLaw(
             E=math.exp(res.x[0]), A=math.exp(res.x[1]), B=math.exp(res.x[2]), alpha=res.x[3], beta=res.x[4],
             huber_loss=float(res.fun), n_points=len(logy), samples=theta_to_params(samples),
-            status=status, message=message,
+            status=status, message=message, k=self.flops_per_param_token,
         )
+        return with_problems(law, unpinned(law, PIN_HINTS))
 
 
 def theta_to_params(theta: np.ndarray) -> np.ndarray:

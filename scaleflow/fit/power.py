@@ -12,8 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scaleflow.fit.laws import SaturatingPowerLaw, check_table
+from scaleflow.fit.laws import SaturatingPowerLaw, check_table, unpinned, with_problems
 from scaleflow.fit.parametric import theta_to_params, bootstrap_lse, fit_lse, theta_status
+
+
+_RANGE = "points over a wider range of x would pin it"
+PIN_HINTS = {"E": "points at larger x, where the curve flattens, would pin it; until then alpha absorbs it",
+             "A": _RANGE, "alpha": _RANGE}
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,8 @@ class PowerFitter:
         res = fit_lse(X, logy, self.huber_delta, n_grid=200, n_seeds=4)
         samples = bootstrap_lse(X, logy, self.huber_delta, res.x, self.n_bootstrap, self.seed)
         status, message = theta_status(res, res.x[2:], X)
-        return SaturatingPowerLaw(
+        law = SaturatingPowerLaw(
             E=math.exp(res.x[0]), A=math.exp(res.x[1]), alpha=float(res.x[2]), huber_loss=float(res.fun),
             n_points=len(logy), x_name=self.x, samples=theta_to_params(samples), status=status, message=message,
         )
+        return with_problems(law, unpinned(law, PIN_HINTS))
