@@ -98,7 +98,7 @@ def fit(
 ) -> None:
     """Fit scaling laws (Chinchilla approaches 1-3, power law, LR / batch size) to a study or a table."""
     from scaleflow.fit.api import FitOptions, fit as run_fit
-    from scaleflow.report import sections, warnings_of, write
+    from scaleflow.report import disagreement, flops_line, sections, warnings_of, write
 
     if not huber_delta > 0:
         raise FitError("--huber-delta must be positive")
@@ -111,7 +111,10 @@ def fit(
     if as_json:
         _print_json(d)
         return
-    _console().print(f"[bold]{source}[/]: {d['n_points']} runs, law {law}, {bootstrap} bootstrap replicates")
+    if disagreement(d):
+        _console(stderr=True).print(f"[bold red]warning: {disagreement(d)}[/]", markup=True, highlight=False)
+    _console().print(f"[bold]{source}[/]: {d['n_points']} runs, law {law}, {bootstrap} bootstrap replicates; "
+                     f"FLOPs: {flops_line(d)}")
     for s in sections(d):
         _render(s.title, s.header, s.rows, s.text)
     err = _console(stderr=True)

@@ -243,10 +243,15 @@ def sections(d: dict[str, Any]) -> list[Section]:
         a3 = d["approach3"]
         out.append(Section("Approach 3: L(N, D) = E + A/N^alpha + B/D^beta", ["param", "value", "95% CI"],
                            [[p, a3[p], fmt_ci(a3["ci"][p])] for p in ("E", "A", "B", "alpha", "beta", "a", "b")],
-                           f"Summed Huber loss {a3['huber_loss']:.6g} on {a3['n_points']} points."))
-    for name, title in (("approach2", "Approach 2: IsoFLOP minima"), ("approach1", "Approach 1: envelope")):
-        if name in d:
-            out.append(Section(title, ["", "value", "95% CI"], _law_rows(d[name])))
+                           f"Summed Huber loss {fmt(a3['huber_loss'])} on {a3['n_points']} points."))
+    if "approach2" in d:
+        shape = d["approach2"]["shape"]
+        out.append(Section("Approach 2: IsoFLOP minima", ["", "value", "95% CI"], _law_rows(d["approach2"]),
+                           f"Each budget fitted with E_c + A_c N^-alpha + B_c N^beta, shape shared by the budgets "
+                           f"(alpha {fmt(shape['alpha'])}, beta {fmt(shape['beta'])}); its minimum is N_opt."))
+    if "approach1" in d:
+        out.append(Section("Approach 1: envelope", ["", "value", "95% CI"], _law_rows(d["approach1"]),
+                           f"Built from {d['approach1']['used']}; mid-run points are not used."))
     if "approach2" in d:
         out.append(Section("Approach 2: budgets", ["budget (FLOPs)", "runs", "N_opt", "D_opt", "loss", "status"],
                            [[b["flops"], b["n_points"], b["params_opt"], b["tokens_opt"], b["loss_opt"], b["status"]]
@@ -286,6 +291,12 @@ def sections(d: dict[str, Any]) -> list[Section]:
     return out
 
 
+def disagreement(d: dict[str, Any]) -> str | None:
+    """The warning that the approaches disagree (shown before anything else), or None."""
+    a = d.get("agreement")
+    return None if not a or a["agree"] else a["message"]
+
+
 def warnings_of(d: dict[str, Any]) -> list[str]:
     """Notes, skipped approaches and doubtful statuses of a fit's JSON dict, one line each."""
     lines = [f"note: {n}" for n in d["notes"]] + [f"skipped {k}: {v}" for k, v in d.get("skipped", {}).items()]
@@ -295,13 +306,22 @@ def warnings_of(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def flops_line(d: dict[str, Any]) -> str:
+    """Which FLOP count C every approach and prediction uses."""
+    f = d.get("flops") or {}
+    return (f"C = {f.get('definition', '6 N D')}; approach 3 converts with C = "
+            f"{f.get('flops_per_param_token', 6.0):.4g} N D")
+
+
 def markdown(d: dict[str, Any], images: list[str], command: str = "") -> str:
     """report.md from the fit's JSON dict and the plot file names."""
     s = [f"# scaleflow fit: {d['source']}", ""]
     if command:
         s += [f"Command: `{command}`", ""]
+    if disagreement(d):
+        s += ["## Warning: the approaches disagree", "", disagreement(d), ""]
     s += [f"Law `{d['law']}` on {d['n_points']} runs; {d['n_bootstrap']} bootstrap replicates; "
-          "intervals are 95% percentile bootstrap intervals.", ""]
+          "intervals are 95% percentile bootstrap intervals.", f"FLOPs: {flops_line(d)}.", ""]
     s += [f"- {w}" for w in warnings_of(d)]
     for sec in sections(d):
         s += ["", f"## {sec.title}", ""] + ([sec.text, ""] if sec.text else []) + [_md_table(sec.header, sec.rows)]

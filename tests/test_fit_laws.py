@@ -7,17 +7,22 @@ import pytest
 
 from scaleflow.fit.laws import AllocationLaw, ChinchillaLaw, PowerLaw, SaturatingPowerLaw, jsonable, loglinear
 
+# Epoch AI's published estimates (Besiroglu et al. 2024, arXiv:2404.10102; fixtures/chinchilla).
 EPOCH = ChinchillaLaw(E=1.82, A=482.0, B=2085.0, alpha=0.348, beta=0.366)
 
 
-def test_chinchilla_optimum_by_brute_force():
+@pytest.mark.parametrize("k", [6.0, 7.3])
+def test_chinchilla_optimum_by_brute_force(k):
+    """The closed-form optimum against a brute-force search of L(N, C / (k N)) over N, for the
+    6ND count and for another FLOPs-per-parameter-token constant."""
+    law = ChinchillaLaw(**EPOCH.params, k=k)
     C = 1e22
     N = np.geomspace(1e8, 1e12, 200001)
-    best = N[np.argmin(EPOCH.predict(N, C / (6 * N)))]
-    assert EPOCH.n_opt(C) == pytest.approx(best, rel=1e-3)
-    assert 6 * EPOCH.n_opt(C) * EPOCH.d_opt(C) == pytest.approx(C)
-    assert EPOCH.a == pytest.approx(0.366 / 0.714) and EPOCH.a + EPOCH.b == pytest.approx(1.0)
-    # Chinchilla's ~20 tokens per parameter at 1e22-ish FLOPs
+    loss = law.predict(N, C / (k * N))
+    assert law.n_opt(C) == pytest.approx(N[np.argmin(loss)], rel=1e-3)
+    assert law.d_opt(C) == pytest.approx(C / (k * N[np.argmin(loss)]), rel=1e-3)
+    assert law.loss_opt(C) == pytest.approx(loss.min(), rel=1e-9)
+    # Hoffmann et al.: about 20 tokens per parameter at these budgets
     assert 10 < EPOCH.d_opt(C) / EPOCH.n_opt(C) < 40
 
 
@@ -70,6 +75,25 @@ def test_saturating_and_allocation_laws():
     back = AllocationLaw.from_dict(d, "approach2")
     assert back.a == 0.5 and back.loss.E == 1.7
     assert np.isnan(AllocationLaw("approach1", alloc.n_law, alloc.d_law).loss_opt(1e20))
+
+
+def test_unpinned_parameters_and_bounds_are_named():
+    from scaleflow.fit.laws import unpinned, with_problems
+
+    rng = np.random.default_rng(0)
+    tight = np.array([EPOCH.E, EPOCH.A, EPOCH.B, EPOCH.alpha, EPOCH.beta]) * rng.lognormal(0, 0.05, (100, 5))
+    law = ChinchillaLaw(**EPOCH.params, samples=tight)
+    hints = {p: "more data" for p in ("E", "A", "B", "alpha", "beta")}
+    assert unpinned(law, hints) == [] and with_problems(law, []) is law
+    loose = tight.copy()
+    loose[:, 0] = np.geomspace(1e-9, 0.6, 100)  # E anywhere from 0 to 0.6: what the demo's approach 3 had
+    loose[:, 3] = np.linspace(0.05, 0.9, 100)  # alpha's interval wider than alpha
+    problems = unpinned(ChinchillaLaw(**EPOCH.params, samples=loose), hints)
+    assert len(problems) == 2 and problems[0].startswith("E = 1.82 is not pinned") and "alpha" in problems[1]
+    at_bound = ChinchillaLaw(**{**EPOCH.params, "E": 1e-9})
+    assert unpinned(at_bound, {"E": "runs nearer the floor"}) == ["E = 1e-09 is at its bound 0: runs nearer the floor"]
+    marked = with_problems(at_bound, ["x"])
+    assert marked.status == "doubtful" and marked.message == "x"
 
 
 def test_jsonable():

@@ -68,6 +68,7 @@ class FitRun:
     skipped: dict[str, str]
     optimal: list[dict[str, Any]]
     holdout: dict[str, Any] | None = None
+    agreement: Any = None  # fit.agreement.Agreement when two or more approaches ran
 
     def to_dict(self, include_samples: bool = False) -> dict[str, Any]:
         o = self.options
@@ -77,6 +78,8 @@ class FitRun:
             "huber_delta": o.huber_delta, "notes": list(self.data.notes), "excluded": self.data.excluded,
             "flops": self.data.flops,
         }
+        if self.agreement is not None:
+            out["agreement"] = self.agreement.to_dict()
         out.update({name: r.to_dict(include_samples) for name, r in self.results.items()})
         out.update(skipped=self.skipped, optimal=self.optimal)
         if self.holdout is not None:
@@ -195,6 +198,11 @@ def prepare(runs, options: FitOptions, notes: tuple[str, ...] = (), history=None
             excluded["diverged"] = [str(i) for i in ids]
             notes_l.append(f"{int(bad.sum())} diverged run(s) excluded: {', '.join(excluded['diverged'][:10])}")
             df = df[~bad]
+    dup = df.duplicated()
+    if dup.any():
+        excluded["duplicates"] = int(dup.sum())
+        notes_l.append(f"{excluded['duplicates']} duplicate row(s) dropped (identical in every column)")
+        df = df[~dup]
     if options.where:
         n = len(df)
         try:
@@ -430,7 +438,9 @@ def fit(source: str | Path | Any, options: FitOptions = FitOptions()) -> FitRun:
     skipped = out.pop("skipped", {})
     budgets = list(options.predict) or (_default_budgets(data.table, options.budget_rtol)
                                         if "flops" in data.table.columns else [])
-    return FitRun(name, options, data, out, skipped, predict_optimal(out, budgets), holdout)
+    from scaleflow.fit.agreement import compare
+
+    return FitRun(name, options, data, out, skipped, predict_optimal(out, budgets), holdout, compare(out, data.table))
 
 
 __all__ = ["FitOptions", "FitData", "FitRun", "LAWS", "fit", "load_source", "prepare",

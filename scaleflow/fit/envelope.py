@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from scaleflow.errors import FitError
-from scaleflow.fit.laws import DOUBTFUL, OK, AllocationLaw, PowerLaw, check_table, jsonable, resample_weights
+from scaleflow.fit.laws import (DOUBTFUL, OK, AllocationLaw, PowerLaw, check_table, jsonable, resample_weights,
+                                unpinned_exponent)
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,8 +100,9 @@ class EnvelopeFitter:
         n_law = PowerLaw.fit(grid, env_n, boot=(grid, n_rep, np.isfinite(n_rep)))
         d_law = PowerLaw.fit(grid, env_d, boot=(grid, d_rep, np.isfinite(d_rep)))
         distinct = len(np.unique(env_n))
-        status = DOUBTFUL if distinct < 3 else OK
         notes = [f"the envelope uses only {distinct} model sizes: the exponents are coarse"] if distinct < 3 else []
+        notes += unpinned_exponent(n_law)
+        status = DOUBTFUL if notes else OK
         if edge.any():
             notes.append(f"{int(edge.sum())} of {len(edge)} FLOP grid points left out: the smallest or largest "
                          "model was best there (optimum possibly outside the sampled sizes)")

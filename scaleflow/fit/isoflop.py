@@ -33,7 +33,7 @@ import numpy as np
 
 from scaleflow.errors import FitError
 from scaleflow.fit.laws import (DOUBTFUL, OK, REFUSED, AllocationLaw, PowerLaw, check_table, jsonable,
-                                resample_weights)
+                                resample_weights, unpinned_exponent)
 
 EDGE = 0.8  # minimum beyond this fraction of the half-range from the centre: "near the edge"
 SHAPE_RANGE = (0.05, 2.5)  # range searched for the shape exponents alpha, beta
@@ -233,17 +233,18 @@ class IsoFlopFitter:
         n_boot, d_boot = n_boot[:, keep], d_boot[:, keep]
         n_law = PowerLaw.fit(Cs, [b.params_opt for b in good], boot=(Cs, n_boot, np.isfinite(n_boot)))
         d_law = PowerLaw.fit(Cs, [b.tokens_opt for b in good], boot=(Cs, d_boot, np.isfinite(d_boot)))
-        law = AllocationLaw("approach2", n_law, d_law, self._loss_law(good), *self._status(budgets, good))
+        law = AllocationLaw("approach2", n_law, d_law, self._loss_law(good), *self._status(budgets, good, n_law))
         return IsoFlopResult(law, budgets, tuple(float(v) for v in np.exp(log_exps[0])))
 
     @staticmethod
-    def _status(budgets, good) -> tuple[str, str]:
+    def _status(budgets, good, n_law: PowerLaw) -> tuple[str, str]:
         problems = [f"{n} of {len(budgets)} budgets {what}" for n, what in (
             (sum(b.status == REFUSED for b in budgets), "refused (no minimum inside the sampled sizes)"),
             (sum(b.status == DOUBTFUL for b in budgets), "with the minimum near the edge of the sampled sizes"))
             if n]
         if len(good) == 2:
             problems.append("only 2 usable budgets: the exponents go through 2 points")
+        problems += unpinned_exponent(n_law)
         return (DOUBTFUL if problems else OK), "; ".join(problems)
 
     def _bootstrap(self, budgets, curves: list[Curve]) -> tuple[np.ndarray, np.ndarray]:

@@ -152,6 +152,15 @@ def unpinned(law: "Law", hints: dict[str, str]) -> list[str]:
     return out
 
 
+def unpinned_exponent(n_law: "PowerLaw") -> list[str]:
+    """The allocation exponent a of N_opt = k C^a, when its 95% interval is wider than a itself."""
+    a, (lo, hi) = n_law.exponent, n_law.ci["exponent"]
+    if np.isfinite(lo) and np.isfinite(hi) and hi - lo > abs(a):
+        return [f"a = {a:.3g} is not pinned by the data (95% interval {lo:.3g} to {hi:.3g}): more budgets over "
+                "a wider range of compute would pin it"]
+    return []
+
+
 def with_problems(law: "Law", problems: list[str]) -> "Law":
     """The law marked doubtful with `problems` added to its message (unchanged if none)."""
     if not problems:
