@@ -78,7 +78,7 @@ def test_saturating_and_allocation_laws():
 
 
 def test_unpinned_parameters_and_bounds_are_named():
-    from scaleflow.fit.laws import unpinned, with_problems
+    from scaleflow.fit.doubt import unpinned, with_problems
 
     rng = np.random.default_rng(0)
     tight = np.array([EPOCH.E, EPOCH.A, EPOCH.B, EPOCH.alpha, EPOCH.beta]) * rng.lognormal(0, 0.05, (100, 5))

@@ -1,8 +1,7 @@
-"""One dispatch for every fit: load a source, prepare its table, run the requested law(s).
+"""One dispatch for every fit: load a source, prepare its table (`fit/prepare.py`), run the
+requested law(s), compare the approaches, predict.
 
 `fit(source, FitOptions(...))` -> FitRun, whose `to_dict()` is the JSON of `scaleflow fit`.
-SOURCE is a CSV or parquet table (columns `params, tokens, loss`, optional `flops, lr,
-batch_size, batch_tokens, budget, diverged`) or a study directory (collected on the fly).
 Units: params in parameters, tokens in tokens, flops in FLOPs, loss in nats/token.
 
 Laws are looked up in `LAWS` (name -> function(FitData, FitOptions) -> {result name: result});
@@ -13,48 +12,15 @@ directly or as `.law`) also gets predictions in `optimal`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from scaleflow.errors import FitError
-from scaleflow.fit.laws import check_table, jsonable, numeric_column
-
-PARAM_COUNTS = ("non_embedding", "with_head", "total")
-SIX_ND = {"definition": "6 N D (the table has no flops column)", "flops_per_param_token": 6.0, "spread": 0.0}
-
-
-@dataclass(frozen=True)
-class FitOptions:
-    """Settings of one `scaleflow fit` call (see the CLI for their meaning)."""
-
-    law: str = "chinchilla"
-    columns: dict[str, str] = field(default_factory=dict)  # logical name -> column in the source
-    where: str | None = None
-    param_count: str | None = None
-    n_bootstrap: int = 200
-    huber_delta: float = 1e-3
-    predict: tuple[float, ...] = ()  # FLOP budgets
-    holdout_largest: bool = False
-    seed: int = 0
-    budget_rtol: float = 0.1  # runs whose FLOPs agree within this fraction share a budget
-    history: str | None = None  # a CSV / parquet of metrics lines (run_id, step, tokens, train_loss, ...)
-
-
-@dataclass(frozen=True, eq=False)
-class FitData:
-    """The prepared inputs: `table` (one row per finished run), `curves` (approach 1) and
-    `history` (every metrics line: run_id, step, tokens, train_loss, val_loss,
-    grad_noise_scale; None without a study directory or `--history FILE`)."""
-
-    table: Any
-    curves: Any = None
-    notes: tuple[str, ...] = ()
-    excluded: dict[str, Any] = field(default_factory=dict)
-    history: Any = None
-    flops: dict[str, Any] = field(default_factory=lambda: dict(SIX_ND))
+from scaleflow.fit.laws import check_table, jsonable
+from scaleflow.fit.prepare import FitData, FitOptions, load_source, prepare, read_table
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,137 +51,6 @@ class FitRun:
         if self.holdout is not None:
             out["holdout"] = self.holdout
         return jsonable(out)
-
-
-def load_source(source: str | Path):
-    """(runs table, notes, history or None) from a CSV/parquet file or a study directory."""
-    path = Path(source)
-    if path.is_dir():
-        from scaleflow.store import collect
-
-        c = collect(path)
-        return c.runs, tuple(getattr(c, "warnings", ()) or ()), getattr(c, "history", None)
-    return _read_table(path, source), (), None
-
-
-def _read_table(path: Path, source: str | Path):
-    import pandas as pd
-
-    if not path.exists():
-        raise FitError(f"no such file or study directory: {source}")
-    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
-    if path.suffix.lower() not in readers:
-        raise FitError(f"cannot read {source}: expected a .csv or .parquet table, or a study directory")
-    try:
-        return readers[path.suffix.lower()](path)
-    except Exception as exc:  # a corrupt or unreadable file is the user's to fix
-        raise FitError(f"cannot read {source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-
-
-def _map_columns(df, columns: dict[str, str], param_count: str | None):
-    for logical, src in columns.items():
-        if src not in df.columns:
-            raise FitError(f"--col {logical}={src}: no column {src!r}; the table has: {', '.join(map(str, df.columns))}")
-        df = df.drop(columns=[logical], errors="ignore") if logical != src else df
-        df = df.rename(columns={src: logical})
-    if param_count:
-        if param_count not in PARAM_COUNTS:
-            raise FitError(f"--param-count must be one of {', '.join(PARAM_COUNTS)}; got {param_count!r}")
-        col = f"params_{param_count}"
-        if col not in df.columns:
-            raise FitError(f"--param-count {param_count} needs column {col!r}, which the table lacks")
-        df = df.assign(params=df[col])
-    return df
-
-
-def _derive(df, notes: list[str]):
-    """Fill tokens = flops / (6 params) or flops = 6 params tokens when one of them is absent."""
-    cols = set(df.columns)
-    if "tokens" not in cols and {"flops", "params"} <= cols:
-        check_table(df, ("flops", "params"), 1, "deriving tokens")
-        df = df.assign(tokens=df["flops"] / (6.0 * df["params"]))
-        notes.append("no tokens column: tokens = flops / (6 params)")
-    elif "flops" not in cols and {"tokens", "params"} <= cols:
-        check_table(df, ("tokens", "params"), 1, "deriving flops")
-        df = df.assign(flops=6.0 * df["params"] * df["tokens"])
-        notes.append("no flops column: flops = 6 params tokens")
-    return df
-
-
-def flop_definition(df, notes: list[str]) -> dict[str, Any]:
-    """The one FLOP count C of every approach and prediction: the `flops` column as the study
-    counted it. Approach 3 needs C as a function of N and D: C = k N D with k the geometric
-    mean of flops / (N D) over the runs (6 for the 6ND count with the same N)."""
-    with np.errstate(all="ignore"):
-        ratio = np.log(numeric_column(df, "flops") / (numeric_column(df, "params") * numeric_column(df, "tokens")))
-    ratio = ratio[np.isfinite(ratio)]
-    if not len(ratio):
-        return dict(SIX_ND)
-    k = float(np.exp(ratio.mean()))
-    spread = float(np.exp(np.abs(ratio - ratio.mean()).max()) - 1.0)
-    counts = sorted({str(c) for c in df["flop_count"].dropna()}) if "flop_count" in df.columns else []
-    definition = f"flops column (trainer.flop_count={', '.join(counts)})" if counts else "flops column"
-    if spread > 0.01:
-        notes.append(f"FLOPs per parameter per token vary by up to {spread:.1%} across runs (the count includes "
-                     f"terms not proportional to N D): approach 3 converts with C = {k:.3g} N D, so its optima are "
-                     "approximate by about that much")
-    return {"definition": definition, "flops_per_param_token": k, "spread": spread}
-
-
-CURVE_KEYS = ("lr", "batch_size", "seed", "parent")  # besides the size, what makes runs one curve
-
-
-def final_point_curves(table):
-    """Approach-1 curves: one point per finished run (its final loss) or WSD branch (its end),
-    one curve per model size (4 significant digits) and setting (LR, batch, seed, trunk).
-
-    Mid-run evaluation points are never used: before its schedule has annealed, a run's loss
-    overstates what that compute buys (Hoffmann et al. 2022's caveat on approach 1), and
-    stable-phase (trunk) losses are already left out by `prepare`."""
-    need = {"params", "flops", "tokens", "loss"}
-    if not need <= set(table.columns):
-        return None
-    t = table[list(need)].copy()
-    key = table["params"].map(lambda v: f"{float(v):.4g}")
-    for col in (c for c in CURVE_KEYS if c in table.columns):
-        key = key + "|" + table[col].map(str)
-    t["curve"] = key
-    return t
-
-
-def prepare(runs, options: FitOptions, notes: tuple[str, ...] = (), history=None) -> FitData:
-    """Map columns, pick the parameter count, drop trunks and diverged runs, filter, derive."""
-    notes_l, excluded = list(notes), {}
-    df = _map_columns(runs, options.columns, options.param_count)
-    if "kind" in df.columns and (df["kind"] == "trunk").any():
-        excluded["trunks"] = int((df["kind"] == "trunk").sum())
-        notes_l.append(f"{excluded['trunks']} trunk run(s) left out: stable-phase losses are not final")
-        df = df[df["kind"] != "trunk"]
-    if "diverged" in df.columns:
-        bad = df["diverged"].fillna(False).astype(bool)
-        if bad.any():
-            ids = df.loc[bad, "run_id"] if "run_id" in df.columns else df.index[bad]
-            excluded["diverged"] = [str(i) for i in ids]
-            notes_l.append(f"{int(bad.sum())} diverged run(s) excluded: {', '.join(excluded['diverged'][:10])}")
-            df = df[~bad]
-    dup = df.duplicated()
-    if dup.any():
-        excluded["duplicates"] = int(dup.sum())
-        notes_l.append(f"{excluded['duplicates']} duplicate row(s) dropped (identical in every column)")
-        df = df[~dup]
-    if options.where:
-        n = len(df)
-        try:
-            df = df.query(options.where)
-        except Exception as exc:
-            raise FitError(f"--where {options.where!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-        excluded["filtered"] = n - len(df)
-    if not len(df):
-        raise FitError("no runs left to fit (after dropping diverged runs and applying --where)")
-    counted = "flops" in df.columns
-    df = _derive(df.reset_index(drop=True), notes_l)
-    flops = flop_definition(df, notes_l) if counted and {"params", "tokens"} <= set(df.columns) else dict(SIX_ND)
-    return FitData(df, final_point_curves(df), tuple(notes_l), excluded, history, flops)
 
 
 # ----------------------------------------------------------------------------- laws
@@ -426,7 +261,7 @@ def fit(source: str | Path | Any, options: FitOptions = FitOptions()) -> FitRun:
         runs, notes, history, name = source, (), None, "<DataFrame>"
     if options.history:
         try:
-            history = _read_table(Path(options.history), options.history)
+            history = read_table(Path(options.history), options.history)
         except FitError as exc:
             raise FitError(f"--history: {exc}") from None
     data = prepare(runs, options, notes, history)

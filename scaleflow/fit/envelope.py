@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from scaleflow.errors import FitError
-from scaleflow.fit.laws import (DOUBTFUL, OK, AllocationLaw, PowerLaw, check_table, jsonable, resample_weights,
-                                unpinned_exponent)
+from scaleflow.fit.doubt import unpinned_exponent
+from scaleflow.fit.laws import DOUBTFUL, OK, AllocationLaw, PowerLaw, check_table, jsonable, resample_weights
 
 
 @dataclass(frozen=True, eq=False)
