@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY, TRUE_LAW_PARAMS, run_cli
@@ -142,6 +142,7 @@ def corrupt(table: pd.DataFrame, kind: str, row: int) -> pd.DataFrame:
 @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(["nan", "zero", "negative", "string", "duplicates", "one budget"]),
        row=st.integers(0, 20), where=st.sampled_from([None, "loss > 100", "params > 0"]))
+@example(kind="duplicates", row=2, where=None)
 def test_bad_tables_give_a_fit_error_or_a_stated_exclusion(kind, row, where):
     table = simulate(TRUE, np.geomspace(1e18, 1e20, 3), sizes_per_budget=7, noise=0.002)
     try:

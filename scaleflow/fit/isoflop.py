@@ -97,19 +97,27 @@ def _solve(c: Curve, w: np.ndarray, log_exps: np.ndarray) -> tuple[np.ndarray, n
     return coef, np.einsum("rm,rgm->rg", wy, (pred - c.y) ** 2)
 
 
-def fit_shapes(curves: list[Curve], weights: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+def fit_shapes(curves: list[Curve], weights: list[np.ndarray],
+               start: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Shared shape ln(alpha, beta) (R, 2) and per-budget coefficients [(R, 3)] for R replicates.
 
     weights[j] (R, m_j) weights the points of budget j (bootstrap counts; ones for the fit).
-    A log-spaced COARSE x COARSE grid, then ROUNDS of FINE x FINE grids, each half as wide, around every replicate's best point.
+    A log-spaced COARSE x COARSE grid, then ROUNDS of FINE x FINE grids, each half as wide,
+    around every replicate's best point. With `start` (ln(alpha, beta) of the full fit, for
+    bootstrap replicates) the coarse grid is replaced by local grids four coarse steps wide.
     """
     R = len(weights[0])
     lo, hi = np.log(SHAPE_RANGE)
-    axis = np.linspace(lo, hi, COARSE)
-    grid = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
     step = (hi - lo) / (COARSE - 1)
     local = np.stack(np.meshgrid(*[np.linspace(-1, 1, FINE)] * 2, indexing="ij"), -1).reshape(-1, 2)
-    for _ in range(ROUNDS + 1):
+    if start is None:
+        axis = np.linspace(lo, hi, COARSE)
+        grid, rounds = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2), ROUNDS + 1
+    else:
+        step *= 4.0
+        grid, rounds = np.clip(np.asarray(start)[None] + step * local, lo, hi), ROUNDS + 3
+        step /= 2.0
+    for _ in range(rounds):
         sse = sum(_solve(c, w, grid)[1] for c, w in zip(curves, weights))
         best = np.broadcast_to(grid, (R,) + grid.shape[-2:])[np.arange(R), np.argmin(np.nan_to_num(sse, nan=np.inf), 1)]
         grid = np.clip(best[:, None, :] + step * local[None], lo, hi)
@@ -229,7 +237,7 @@ class IsoFlopFitter:
             raise FitError(f"approach 2: only {len(good)} of {len(budgets)} budgets have a minimum inside the "
                            "sampled model sizes; widen the grids or use approach 3")
         Cs = np.array([b.flops for b in good])
-        n_boot, d_boot = self._bootstrap(budgets, curves)
+        n_boot, d_boot = self._bootstrap(budgets, curves, log_exps[0])
         keep = [i for i, b in enumerate(budgets) if b.status != REFUSED]
         n_boot, d_boot = n_boot[:, keep], d_boot[:, keep]
         n_law = PowerLaw.fit(Cs, [b.params_opt for b in good], boot=(Cs, n_boot, np.isfinite(n_boot)))
@@ -248,7 +256,7 @@ class IsoFlopFitter:
         problems += unpinned_exponent(n_law)
         return (DOUBTFUL if problems else OK), "; ".join(problems)
 
-    def _bootstrap(self, budgets, curves: list[Curve]) -> tuple[np.ndarray, np.ndarray]:
+    def _bootstrap(self, budgets, curves: list[Curve], start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(R, budgets) N_opt and D_opt from runs resampled within each budget, the shape refitted
         too; NaN where a replicate's curve has no minimum inside the sampled sizes."""
         R = self.n_bootstrap
@@ -256,7 +264,7 @@ class IsoFlopFitter:
             return np.empty((0, len(curves))), np.empty((0, len(curves)))
         rng = np.random.default_rng(self.seed)
         weights = [resample_weights(rng, len(c.x), R) for c in curves]
-        log_exps, coefs = fit_shapes(curves, weights)
+        log_exps, coefs = fit_shapes(curves, weights, start)
         n_opt, d_opt = np.full((R, len(curves)), np.nan), np.full((R, len(curves)), np.nan)
         for j, (c, b, k) in enumerate(zip(curves, budgets, coefs)):
             distinct = (weights[j] @ (c.x[:, None] == np.unique(c.x)[None]) > 0).sum(axis=1)
