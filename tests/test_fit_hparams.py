@@ -9,7 +9,8 @@ from scaleflow.fit.hparams import LrBsFitter
 
 
 def grid(budgets, noise=0.0005, seed=0, lr_span=(0.25, 4.0)) -> pd.DataFrame:
-    """Loss bowls around DeepSeek's eta_opt = 0.3118 C^-0.125, B_opt = 0.292 C^0.3271 (tokens)."""
+    """Loss bowls around DeepSeek's eta_opt = 0.3118 C^-0.125, B_opt = 0.292 C^0.3271 (tokens):
+    the known law the data are generated with (DeepSeek LLM 2024, arXiv:2401.02954, section 3.1)."""
     rng = np.random.default_rng(seed)
     rows = []
     for C in budgets:
