@@ -95,6 +95,11 @@ def validate_model(m: Any) -> None:
         raise ConfigError(
             f"model.mup.base_width={m.mup.base_width} is larger than model.d_model={m.d_model}"
         )
+    if m.parametrization == "mup" and m.mup.zero_readout and m.tie_embeddings:
+        raise ConfigError(
+            "model.mup.zero_readout=true needs model.tie_embeddings=false: a tied readout is the "
+            "token embedding, which cannot start at zero"
+        )
 
 
 @dataclass
@@ -359,6 +364,11 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"trainer.{name} must be positive, got {getattr(t, name)}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    if cfg.model.tie_embeddings and cfg.optim.lr_mult_readout != 1:
+        raise ConfigError(
+            f"optim.lr_mult_readout={cfg.optim.lr_mult_readout} needs model.tie_embeddings=false: a tied "
+            "readout is the token embedding and trains with optim.lr_mult_embedding"
+        )
     _choice("launcher.name", cfg.launcher.name, ("local", "slurm"))
     _check_sbatch_values(cfg.launcher)
     if t.extendable and (s.name != "constant" or (s.warmup_steps < 0 and s.warmup_tokens <= 0)):

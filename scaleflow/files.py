@@ -2,7 +2,9 @@
 
 A write goes to a temporary file in the same directory, is fsynced, then renamed over the
 target: a reader sees the old file or the new one, never half of one. A full disk raises
-StoreError naming the file, and the previous version stays intact.
+StoreError naming the file, and the previous version stays intact. Files get the mode a plain
+open() would give them (0666 less the umask, so 0644 under the usual 022): teammates on a
+shared filesystem can read a study unless the umask says otherwise.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,21 +23,37 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = True) 
     """Call `write(fileobj)` on a temporary file, then rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = _create_temporary(path)
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StoreError(f"no space left on the device to write {path}; the previous version is intact") from None
         raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, empty `.NAME.XXXXXXXX.tmp` beside `path`, opened for writing.
+
+    Unlike tempfile.mkstemp (always 0600), it is created with mode 0666 and the kernel applies
+    the umask, as for any open(): nothing reads or changes the process-wide umask, which other
+    threads may be relying on at that moment.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def write_json(path: Path, obj: Any) -> None:
