@@ -123,9 +123,9 @@ def flop_definition(df, notes: list[str]) -> dict[str, Any]:
     counts = sorted({str(c) for c in df["flop_count"].dropna()}) if "flop_count" in df.columns else []
     definition = f"flops column (trainer.flop_count={', '.join(counts)})" if counts else "flops column"
     if spread > 0.01:
-        notes.append(f"FLOPs per parameter per token vary by up to {spread:.1%} across runs (the count includes "
-                     f"terms not proportional to N D): approach 3 converts with C = {k:.3g} N D, so its optima are "
-                     "approximate by about that much")
+        notes.append(f"FLOPs per parameter per token vary by up to {spread:.1%} across runs (the FLOP count is "
+                     "not proportional to this N times D: attention or embedding terms, or another parameter count): "
+                     f"approach 3 converts with C = {k:.3g} N D, so its optima are approximate by about that much")
     return {"definition": definition, "flops_per_param_token": k, "spread": spread}
 
 
