@@ -66,17 +66,30 @@ def train(overrides: Overrides = None) -> None:
 
 
 def _train_data_parallel(cfg, run_dir: Path) -> dict:
-    """trainer.world_size > 1: the worker under torchrun, one process per rank."""
-    import subprocess
+    """trainer.world_size > 1: the worker under torchrun, one process per rank.
 
+    `resume` means what it means on one process: without resume=true the worker (which in a
+    sweep always resumes) is told to start from step 0. torchrun runs in its own session, so
+    that a terminal's Ctrl-C reaches only this process, which passes a stop signal on as one
+    SIGTERM: torchrun relays it to every rank, and the ranks checkpoint at the same step.
+    """
     from omegaconf import OmegaConf
 
+    from scaleflow.config import run_id
     from scaleflow.files import read_json, write_text
     from scaleflow.launch import Job
+    from scaleflow.worker import RelayFlag, stop_on_signals
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
-    code = subprocess.run(Job(run_dir, world_size=cfg.trainer.world_size).command()).returncode
+    command = Job(run_dir, world_size=cfg.trainer.world_size).command() + ([] if cfg.resume else ["--fresh"])
+    with stop_on_signals(RelayFlag()) as relay:
+        code = relay.start(command).wait()
+    if relay():
+        from scaleflow.checkpoints import list_checkpoints  # imports torch: only when needed
+
+        steps = [step for step, _ in list_checkpoints(run_dir)]
+        return {"status": "interrupted", "run_id": run_id(cfg), "step": steps[-1] if steps else 0}
     summary = read_json(run_dir / "summary.json")
     if code != 0 or summary is None:
         raise ScaleflowError(f"the {cfg.trainer.world_size}-process run failed (exit {code}); see the output above")

@@ -156,6 +156,8 @@ def train(
     this_id = run_id(cfg)
     if group.is_main:
         _write_config(run_dir, cfg, this_id)
+        if not cfg.resume:
+            _set_aside_earlier_results(run_dir)
 
     torch.manual_seed(cfg.seed)
     model = GPT(OmegaConf.to_object(cfg.model) if isinstance(cfg.model, DictConfig) else cfg.model).to(device)
@@ -313,6 +315,17 @@ def _fork(fork: Fork, metrics_path: Optional[Path]) -> dict:
     kept = [line for line in read_jsonl(trunk_metrics) if line.get("step", 0) <= ckpt["step"]]
     write_text(metrics_path, "".join(_json_line(line) for line in kept))
     return ckpt
+
+
+def _set_aside_earlier_results(run_dir: Path) -> None:
+    """resume=false starts a new run from step 0. What an earlier run left here moves to
+    previous/<n>/ (as `sweep --force` does): left in place, its summary would read as this
+    run's, and its checkpoints (often at later steps) would be what a later resume=true of
+    this run picks up."""
+    from scaleflow.store import archive
+
+    if any((run_dir / name).exists() for name in ("summary.json", "metrics.jsonl", "checkpoints")):
+        archive(run_dir)
 
 
 def _write_config(run_dir: Path, cfg, this_id: str) -> None:

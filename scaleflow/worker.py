@@ -2,7 +2,8 @@
 
 `python -m scaleflow.worker RUN_DIR` is the whole job, locally and on SLURM. It takes the
 run's lock (so two sweeps never train the same run at once), resumes from the newest
-checkpoint, and on SIGINT/SIGTERM/SIGUSR2 checkpoints at the next step boundary and exits.
+checkpoint, and on SIGINT/SIGTERM/SIGUSR2 checkpoints at the next step boundary and exits
+with EXIT_INTERRUPTED (3).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import fcntl
 import os
 import signal
+import subprocess
 import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -50,6 +52,32 @@ class StopFlag:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.signal = signum
+
+
+class RelayFlag(StopFlag):
+    """A StopFlag that passes the first stop signal on, as SIGTERM, to the process it starts.
+
+    Only the first: a second would break off torchrun's orderly shutdown of its ranks. A
+    second Ctrl-C still gives the prompt back at once (StopFlag) while the ranks checkpoint.
+    """
+
+    proc: subprocess.Popen | None = None
+    relayed = False
+
+    def start(self, command: list[str]) -> subprocess.Popen:
+        # Its own session: a terminal's Ctrl-C reaches us alone, and the child hears it once, from us.
+        self.proc = subprocess.Popen(command, start_new_session=True)
+        self._relay()  # a signal may have come before there was a process to pass it to
+        return self.proc
+
+    def handle(self, signum, frame) -> None:
+        super().handle(signum, frame)
+        self._relay()
+
+    def _relay(self) -> None:
+        if self() and self.proc is not None and not self.relayed:
+            self.relayed = True
+            self.proc.send_signal(signal.SIGTERM)
 
 
 @contextmanager
@@ -95,11 +123,14 @@ def _finished_summary(run_dir: Path, cfg) -> dict | None:
     return summary
 
 
-def execute_run(run_dir: Path, threads: int = 0, until: int = 0, flag: StopFlag | None = None) -> dict:
+def execute_run(run_dir: Path, threads: int = 0, until: int = 0, flag: StopFlag | None = None,
+                resume: bool = True) -> dict:
     """Train (or resume) the run whose config.yaml is in `run_dir`.
 
     Its run.json (written by the run store) says where a decay branch forks from and which
-    fork checkpoints a trunk keeps.
+    fork checkpoints a trunk keeps. `resume`: a launched job continues from the run's newest
+    checkpoint whatever its config says; False (`--fresh`) is `scaleflow train` on several
+    processes without resume=true, which starts from step 0 as it does on one process.
     """
     import torch
 
@@ -111,7 +142,7 @@ def execute_run(run_dir: Path, threads: int = 0, until: int = 0, flag: StopFlag 
     if threads > 0:
         torch.set_num_threads(threads)
     cfg = load_run_config(run_dir / "config.yaml")
-    cfg.resume = True
+    cfg.resume = resume
     meta = read_json(run_dir / "run.json") or {}
     fork = None
     if meta.get("parent"):
@@ -151,9 +182,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("SCALEFLOW_THREADS", "0")))
     parser.add_argument("--until", type=int, default=0, help="stop, checkpointed, after this many steps")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start from step 0 rather than the newest checkpoint (earlier results move to previous/)")
     args = parser.parse_args(argv)
     try:
-        summary = execute_run(args.run_dir, args.threads, args.until)
+        summary = execute_run(args.run_dir, args.threads, args.until, resume=not args.fresh)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BUSY if "another process" in str(exc) else 2
