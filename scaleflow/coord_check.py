@@ -1,4 +1,4 @@
-"""The muP coordinate check (science.md section 7).
+"""The muP coordinate check (docs/science.md section 7).
 
 For each width and each parametrization (sp, mup) the GPT of the composed config is built with
 d_model = width and trained a few AdamW steps on ONE fixed batch; forward hooks record the mean

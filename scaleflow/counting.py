@@ -1,4 +1,4 @@
-"""Parameter counts and FLOPs per token, each variant named (science.md section 1).
+"""Parameter counts and FLOPs per token, each variant named (docs/science.md section 1).
 
 Parameter counts (unit: parameters):
 - non_embedding: everything but the token/position embeddings and the unembedding (Kaplan).

@@ -4,7 +4,7 @@ Everything that depends on the parametrization lives in three places: `GPT._init
 (init std per tensor role), `GPT.param_groups` (Adam LR and weight decay per role) and the
 forward multipliers (embedding x alpha_in, logits x alpha_out / m, attention 1/d_head,
 optional depth scaling). Tensor roles are "embedding", "hidden", "readout" and "vector",
-as in the muP table of science.md section 7.
+as in the muP table of docs/science.md section 7.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         mup = cfg.parametrization == "mup"
-        self.width_mult = cfg.d_model / cfg.mup.base_width if mup else 1.0  # m in science.md
+        self.width_mult = cfg.d_model / cfg.mup.base_width if mup else 1.0  # m in docs/science.md
         self.input_mult = cfg.mup.input_mult if mup else 1.0
         self.output_mult = cfg.mup.output_mult / self.width_mult if mup else 1.0
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)

@@ -1,6 +1,6 @@
 """The gradient noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018).
 
-science.md section 6. From the squared norms of two gradient estimates of the same parameters,
+docs/science.md section 6. From the squared norms of two gradient estimates of the same parameters,
 one over a small batch of b tokens and one over a big batch of B tokens (b < B),
 
     E|G_b|^2 = |G|^2 + tr(Sigma) / b,    E|G_B|^2 = |G|^2 + tr(Sigma) / B,

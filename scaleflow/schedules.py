@@ -1,4 +1,4 @@
-"""Learning-rate schedules as pure functions of the step (science.md section 4).
+"""Learning-rate schedules as pure functions of the step (docs/science.md section 4).
 
 `lr_factor(step, total, ...)` gives the multiplier of the peak LR used by optimizer step
 `step` (0-based) of a run of `total` steps. Warmup is linear over `warmup` steps:

@@ -1,4 +1,4 @@
-"""The gradient noise scale estimator (science.md section 6) against a closed form.
+"""The gradient noise scale estimator (docs/science.md section 6) against a closed form.
 
 Linear regression y = x . w* + eps with x ~ N(0, I_d), eps ~ N(0, sigma^2), loss
 0.5 (x . w - y)^2 per sample, evaluated at w = w* + r. The per-sample gradient is

@@ -1,6 +1,6 @@
 """The critical batch size against loss (`scaleflow fit --law critical-batch`).
 
-science.md section 6 (McCandlish et al. 2018; Kaplan et al. 2020). Two measurements, shown
+docs/science.md section 6 (McCandlish et al. 2018; Kaplan et al. 2020). Two measurements, shown
 side by side; batch sizes in tokens throughout.
 
 (a) Noise scale. From the training history (metrics lines with `grad_noise_scale`, in tokens,
