@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from scaleflow import schedules
-from scaleflow.config import load_run_config
+from scaleflow.config import ScheduleConfig, load_run_config, typed_values
 from scaleflow.errors import ConfigError, StoreError
 from scaleflow.files import read_json
 from scaleflow.launch import Job, make_launcher
@@ -66,14 +66,17 @@ def _budgets_tokens(cfg, params: int) -> list[float]:
 def _variants(cfg) -> list[dict]:
     base = {"decay_shape": cfg.schedule.decay_shape, "decay_fraction": cfg.schedule.decay_fraction,
             "final_lr_fraction": cfg.schedule.final_lr_fraction}
-    variants = [base] + [{**base, **_plain(v)} for v in cfg.study.decay_variants]
-    for v in variants:
+    variants = [base]
+    for given in cfg.study.decay_variants:
+        v = _plain(given)
+        if not isinstance(v, dict):
+            raise ConfigError(f"a study.decay_variants entry is a dict of {', '.join(base)}, not {v!r}")
         if set(v) - set(base):
             raise ConfigError(f"unknown decay variant key(s): {', '.join(sorted(set(v) - set(base)))}")
-        if not 0 < float(v["decay_fraction"]) < 1:
-            raise ConfigError(f"schedule.decay_fraction must lie in (0, 1), got {v['decay_fraction']}")
-        if v["decay_shape"] not in schedules.SHAPES:
-            raise ConfigError(f"decay_shape={v['decay_shape']!r} is not one of {', '.join(schedules.SHAPES)}")
+        # Typed as the worker's config check types them; the values themselves are checked
+        # with each branch's whole config (plan.check_runnable, from make_spec).
+        typed = typed_values(ScheduleConfig, v, f"study.decay_variants entry {v}")
+        variants.append({**base, **{k: typed[k] for k in v}})
     unique = []
     for v in variants:
         if v not in unique:
@@ -97,24 +100,23 @@ def plan(cfg, shapes: Optional[list[dict]] = None) -> list[RunSpec]:
         for variant in _variants(cfg):
             for tokens in _budgets_tokens(cfg, counts.params(t.param_count)):
                 steps = int(tokens // tokens_per_step)
-                fork = schedules.decay_start(steps, variant["decay_fraction"]) if steps else 0
-                if steps < 1 or fork < warmup:
-                    raise ConfigError(
-                        f"a budget of {tokens:.3g} tokens ({steps} steps) is shorter than the warmup "
-                        f"({warmup} steps) plus the decay ({variant['decay_fraction']:.0%})")
                 branch_base = copy.deepcopy(base)
                 branch_base["schedule"].update(name="wsd", warmup_steps=warmup, warmup_tokens=0.0, **variant)
-                branches.append((branch_base, steps, fork, variant, tokens))
-        trunk_steps = max(fork for *_, fork, _, _ in branches)
+                label = (f"N={counts.params(t.param_count):,} D={steps * tokens_per_step:.3g} "
+                         f"{variant['decay_shape']} f={variant['decay_fraction']}")
+                # make_spec refuses a branch its worker would refuse (a decay to an LR of 0
+                # for the whole decay, a budget shorter than the warmup plus the decay...),
+                # so its fork step is computed only for a valid branch.
+                branch = make_spec(branch_base, shape, steps, kind="branch", label=label)
+                branch.fork_step = branch.start_step = schedules.decay_start(steps, variant["decay_fraction"])
+                branches.append(branch)
+        trunk_steps = max(b.fork_step for b in branches)
         trunk = make_spec(trunk_base, shape, trunk_steps, kind="trunk",
                           label=f"trunk N={counts.params(t.param_count):,}")
-        trunk.fork_steps = sorted({fork for *_, fork, _, _ in branches})
-        specs.append(trunk)
-        for branch_base, steps, fork, variant, tokens in branches:
-            label = (f"N={counts.params(t.param_count):,} D={steps * tokens_per_step:.3g} "
-                     f"{variant['decay_shape']} f={variant['decay_fraction']}")
-            specs.append(make_spec(branch_base, shape, steps, kind="branch", label=label, parent=trunk.run_id,
-                                   fork_step=fork, start_step=fork))
+        trunk.fork_steps = sorted({b.fork_step for b in branches})
+        for branch in branches:
+            branch.parent = trunk.run_id
+        specs += [trunk, *branches]
     return specs
 
 

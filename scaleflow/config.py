@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from scaleflow.errors import ConfigError
+from scaleflow.schedules import SHAPES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
@@ -330,7 +331,7 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"data.val_fraction must lie in (0, 1), got {cfg.data.val_fraction}")
     s = cfg.schedule
     _choice("schedule.name", s.name, ("constant", "cosine", "wsd", "multistep"))
-    _choice("schedule.decay_shape", s.decay_shape, ("linear", "cosine", "1-sqrt", "exponential"))
+    _choice("schedule.decay_shape", s.decay_shape, SHAPES)
     if s.name == "wsd" and not 0 < s.decay_fraction < 1:
         raise ConfigError(f"schedule.decay_fraction must lie in (0, 1), got {s.decay_fraction}")
     if not 0 <= s.final_lr_fraction <= 1:
@@ -418,6 +419,17 @@ def typed_config(values: Any) -> DictConfig:
         OmegaConf.set_struct(cfg, True)
         validate(cfg)
     return cfg
+
+
+def typed_values(schema: type, values: dict, what: str) -> dict:
+    """`values` (fields of the config dataclass `schema`) type-checked and converted as
+    typed_config does for a whole run: a planner checks what it takes from untyped study
+    fields (study.shapes, study.decay_variants) with this, once each."""
+    try:
+        with _config_errors():
+            return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
 
 
 def load_run_config(path: Path) -> DictConfig:

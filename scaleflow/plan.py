@@ -6,6 +6,9 @@
 - `lr_bs(cfg)`: for each budget, a grid of peak LR x batch size (sequences) for the budget's
   model (one shape for every budget, or one per budget).
 - `decay_branches` lives in scaleflow/branches.py.
+
+Every planned run is checked as its worker will check it (`check_runnable`), so a plan, and
+so a --dry-run, refuses what a worker would refuse only once it starts.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from scaleflow.config import ModelConfig, MupConfig, run_id
+from scaleflow import schedules
+from scaleflow.config import ModelConfig, MupConfig, run_id, typed_values, validate
 from scaleflow.counting import Counts, count
 from scaleflow.errors import ConfigError
 
@@ -91,6 +95,11 @@ def ladder(cfg) -> list[dict]:
     s, base = cfg.study, _plain(cfg.model)
     if s.shapes:
         shapes = [{**base, **_plain(shape)} for shape in s.shapes]
+        for shape in shapes:
+            model_config(shape)  # unknown keys, with the ladder's own message
+        # typed as the worker types a run's config (study.shapes is untyped); rule-made shapes
+        # below are typed already (typed widths, depths and head size)
+        shapes = [typed_values(ModelConfig, shape, f"model shape {shape}") for shape in shapes]
     else:
         shapes = [
             {**base, "d_model": w, "n_layer": d, "n_head": max(1, w // s.head_size)}
@@ -119,13 +128,60 @@ def _check_budgets(cfg) -> list[float]:
 
 
 def make_spec(base: dict, shape: dict, steps: int, **meta) -> RunSpec:
-    """A run spec: `base` config with a model shape and a length in steps."""
+    """A run spec: `base` config with a model shape and a length in steps; ConfigError (naming
+    the run) if its worker would refuse it."""
     config = copy.deepcopy(base)
     config["model"] = shape
     config["trainer"].update(steps=steps, tokens=0.0, flops=0.0)
     config["run_dir"] = config["study_dir"] = ""
     counts = count(model_config(shape))
-    return RunSpec(config, run_id(config), counts, steps, config["trainer"]["batch_size"] * shape["seq_len"], **meta)
+    spec = RunSpec(config, run_id(config), counts, steps, config["trainer"]["batch_size"] * shape["seq_len"], **meta)
+    check_runnable(spec)
+    return spec
+
+
+class _Attrs(dict):
+    """A plain config dict read with attribute access, as validate() reads a DictConfig."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            value = self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+        return _Attrs(value) if isinstance(value, dict) else value
+
+
+def check_runnable(spec: RunSpec) -> None:
+    """Refuse at plan time a run that its worker would refuse when it starts: the checks of
+    config.validate (which the worker's load_run_config applies) and of check_length (the
+    trainer's length checks), on the run's own config. The planners fill a run's config with
+    typed values (the composed study's, or study.shapes and study.decay_variants converted by
+    typed_values), so the checks run on the plain dict: a typed merge per run would cost
+    tens of milliseconds, too slow for plans of a thousand runs."""
+    try:
+        config = _Attrs(spec.config)
+        validate(config)
+        check_length(config.schedule, spec.steps, spec.tokens_per_step)
+    except ConfigError as exc:
+        raise ConfigError(f"planned run {spec.run_id} ({spec.label or spec.kind}): {exc}") from None
+
+
+def check_length(schedule, steps: int, tokens_per_step: int) -> int:
+    """A run's warmup in steps; ConfigError for a run the trainer refuses: shorter than one
+    step, or a WSD run whose warmup reaches into its decay. train.plan_run makes the same
+    checks in its own copy (train.py imports torch, which planning must not); a test in
+    tests/test_sweep.py holds the two to the same verdicts, and plan_run could call this."""
+    if steps < 1:
+        raise ConfigError(f"the run is shorter than one step ({tokens_per_step} tokens)")
+    warmup = schedules.absolute_warmup(schedule, tokens_per_step)
+    if warmup is None:
+        warmup = max(1, round(0.05 * steps))
+    if schedule.name == "wsd" and warmup > schedules.decay_start(steps, schedule.decay_fraction):
+        raise ConfigError(
+            f"a {steps}-step WSD run is shorter than its warmup ({warmup} steps) plus decay "
+            f"({schedules.decay_steps(steps, schedule.decay_fraction)} steps)"
+        )
+    return min(warmup, steps)
 
 
 def steps_for_flops(flops: float, counts: Counts, flop_count: str, tokens_per_step: int) -> int:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import metrics_without_timing
+from conftest import metrics_without_timing, run_cli
 from scaleflow.branches import accounting, decay_branches, plan
 from scaleflow.config import compose_study, load_run_config
 from scaleflow.errors import ConfigError, StoreError
@@ -102,10 +102,45 @@ def test_a_fork_from_a_different_config_is_refused(study_file, tmp_path):
     [
         ("schedule.decay_fraction=1.5", "decay_fraction"),
         ("schedule.decay_fraction=0", "decay_fraction"),
-        ("study.branch_tokens=[2560]", "shorter than the warmup"),
+        ("study.branch_tokens=[2560]", "shorter than its warmup"),
+        ("study.decay_variants=[{decay_fraction: 1.5}]", "decay_fraction must lie in"),
+        ("study.decay_variants=[{decay_shape: step}]", "decay_shape='step' is not one of"),
+        ("study.decay_variants=[{decay_fraction: abc}]", "decay_variants entry"),
+        ("study.decay_variants=[{warmup_steps: 5}]", "unknown decay variant key"),
         ("schedule.warmup_steps=-1", "absolute warmup"),
     ],
 )
 def test_bad_input(study_file, override, message):
     with pytest.raises(ConfigError, match=message):
         plan(compose_study(str(study_file), [override]))
+
+
+def test_a_decay_variant_its_workers_would_refuse_is_refused_at_plan_time(study_file, tmp_path, monkeypatch):
+    """An exponential decay to a final LR fraction of 0 (an LR of 0 for the whole decay) is
+    refused by every branch's worker when it starts, after the trunk trained; the plan (so a
+    --dry-run) refuses it first, with the worker's own words."""
+    from scaleflow import plan as planner
+    from scaleflow.store import register
+    from scaleflow.worker import execute_run
+
+    overrides = [f"study_dir={tmp_path / 's'}", "schedule.final_lr_fraction=0", "study.decay_variants=[{decay_shape: exponential}]"]
+    cfg = compose_study(str(study_file), overrides)  # the study's own schedule (1-sqrt) is valid
+    with pytest.raises(ConfigError, match="exponential needs schedule.final_lr_fraction > 0") as refused:
+        plan(cfg)
+    assert str(refused.value).startswith("planned run ")
+
+    out = run_cli("decay-branches", str(study_file), "--dry-run", *overrides)
+    assert out.returncode == 2, out.stdout
+    assert "exponential needs schedule.final_lr_fraction > 0" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+    # What the check spares: without it the plan has the exponential branches, and each one's
+    # worker refuses it with the same words when it starts.
+    monkeypatch.setattr(planner, "check_runnable", lambda spec: None)
+    specs = plan(cfg)
+    bad = [s for s in specs if "exponential" in s.label]
+    assert len(bad) == 2
+    run_dir = register(tmp_path / "s", bad[:1], "branches", "decay_branches")[0]
+    with pytest.raises(ConfigError) as at_start:
+        execute_run(run_dir)
+    assert str(refused.value).endswith(str(at_start.value))

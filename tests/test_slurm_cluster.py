@@ -48,38 +48,45 @@ def _square_with_env(x: int) -> tuple[int, str, str]:
     return x * x, os.environ.get("SLURM_ARRAY_JOB_ID", ""), os.environ.get("SLURM_ARRAY_TASK_ID", "")
 
 
-def _sleep(seconds: float) -> str:
-    time.sleep(seconds)
-    return "woke up"
-
-
 def _fail() -> None:
     raise ValueError("deliberate failure")
 
 
-def _count_attempts(marker: str, first_sleep_s: float) -> int:
-    """Counts its runs in a file; the first run sleeps so that it can be requeued."""
+def _wait_for_file(path: Path, bound_s: float) -> None:
+    """Blocks until `path` exists: the job waits for the test, not for the clock (`bound_s`
+    only keeps a forgotten job from running on forever)."""
+    deadline = time.monotonic() + bound_s
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _count_attempts(marker: str, release: str) -> int:
+    """Counts its runs in a file; the first run waits (for `release`, which the test never
+    writes) so that it can be requeued while it runs."""
     path = Path(marker)
     attempt = int(path.read_text()) + 1 if path.exists() else 1
     path.write_text(str(attempt))
     if attempt == 1:
-        time.sleep(first_sleep_s)
+        _wait_for_file(Path(release), 300)
     return attempt
 
 
 class _Steps(submitit.helpers.Checkpointable):
     """Counts steps, writing each to `progress`; submitit pickles it (with `step`) when its USR2
-    handler calls checkpoint()."""
+    handler calls checkpoint(). Its first run holds at step `hold` until it is signalled (it
+    waits for a file the test never writes), so the signal lands at that step on any machine;
+    the resumed run goes straight through."""
 
     def __init__(self, progress: str) -> None:
         self.progress = progress
         self.step = 0
         self.starts: list[int] = []
 
-    def __call__(self, n: int, step_s: float) -> tuple[int, list[int]]:
+    def __call__(self, n: int, hold: int) -> tuple[int, list[int]]:
         self.starts.append(self.step)
         while self.step < n:
-            time.sleep(step_s)
+            if self.step == hold and len(self.starts) == 1:
+                _wait_for_file(Path(self.progress + ".release"), 300)
             self.step += 1
             Path(self.progress).write_text(str(self.step))
         return self.step, self.starts
@@ -187,8 +194,8 @@ def test_failed_job_reports_failed(executor) -> None:
     assert _wait_state(job, "FAILED", timeout_s=30) == "FAILED"
 
 
-def test_cancelled_job_shows_cancelled(executor) -> None:
-    job = executor.submit(_sleep, 300)
+def test_cancelled_job_shows_cancelled(executor, tmp_path: Path) -> None:
+    job = executor.submit(_wait_for_file, tmp_path / "never", 300)  # runs until cancelled
     _wait_state(job, "RUNNING")
     job.cancel()
     # sacct writes "CANCELLED by <uid>".
@@ -206,15 +213,15 @@ def test_scontrol_requeue_runs_job_again(executor, tmp_path: Path) -> None:
     """`scontrol requeue` kills the running job (SIGTERM, which submitit ignores, then SIGKILL
     after KillWait) and runs it again from the same submitted pickle, under the same job id."""
     marker = tmp_path / "attempts"
-    job = executor.submit(_count_attempts, str(marker), 300)
-    _wait_state(job, "RUNNING")
-    wait_until(marker.exists, 30, "the function to start in the RUNNING job")
+    job = executor.submit(_count_attempts, str(marker), str(tmp_path / "never"))
+    wait_until(marker.exists, JOB_TIMEOUT_S, "the function to start in the job")
     subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=30)
-    # submitit sees REQUEUED, then PENDING (BeginTime: AuthInfo=cred_expire), then RUNNING.
-    assert _wait_state(job, ("REQUEUED", "PENDING"), timeout_s=30) in ("REQUEUED", "PENDING")
     _wait_done(job)
     assert job.result() == 2
     assert _wait_sacct(job.job_id, "COMPLETED") == "COMPLETED"
+    # The accounting keeps the requeue: a REQUEUED record before the final one (what submitit
+    # reports meanwhile, REQUEUED, then PENDING until AuthInfo=cred_expire passes, is transient).
+    assert [state for _, state in sacct_records(job.job_id)] == ["REQUEUED", "COMPLETED"]
 
 
 def _read_int(path: Path) -> int:
@@ -233,14 +240,13 @@ def test_usr2_checkpoints_and_requeues(executor, tmp_path: Path) -> None:
     USR2 after seconds is a preemption."""
     executor.update_parameters(timeout_min=30)
     progress = tmp_path / "steps"
-    job = executor.submit(_Steps(str(progress)), 16, 0.5)
-    _wait_state(job, "RUNNING")
-    wait_until(lambda: _read_int(progress) >= 2, JOB_TIMEOUT_S, "a few steps of the job")
+    job = executor.submit(_Steps(str(progress)), 16, 2)
+    wait_until(lambda: _read_int(progress) >= 2, JOB_TIMEOUT_S, "the job to reach step 2")
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True, timeout=30)
     _wait_done(job)
     steps, starts = job.result()
     assert steps == 16
-    assert len(starts) == 2 and starts[0] == 0 and 0 < starts[1] < 16, starts
+    assert starts == [0, 2]  # checkpointed at step 2, resumed there
     log = (job.stdout() or "") + (job.stderr() or "")
     assert "Caught signal SIGUSR2" in log and "this job is preempted" in log
     assert "Calling checkpoint method" in log

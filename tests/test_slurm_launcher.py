@@ -1,20 +1,27 @@
 """The SLURM launcher against the local cluster (scripts/slurm-local.sh): arrays, requeue,
-time limits, cancellation. Skipped, with the reason, where no cluster answers."""
+time limits, cancellation. Skipped, with the reason, where no cluster answers.
 
+No test paces itself by the clock: a signal (requeue, cancel, the time-limit warning) is sent
+once the job has logged a step, to a job paused (SIGSTOP) at that step, so it lands at the
+same point of the run on a fast or a slow machine; Slurm continues the job as it signals it.
+Every wait has a generous bound, only so that a broken cluster fails a test instead of
+hanging it."""
+
+import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import metrics_without_timing, start_cli
 from scaleflow.config import compose_study
-from scaleflow.files import read_json
+from scaleflow.files import read_json, read_jsonl
 from scaleflow.launch.slurm import queue_states
 from scaleflow.store import run_dirs, study_states
 from scaleflow.sweep import sweep
 from scaleflow.checkpoints import list_checkpoints
-from slurm_util import cluster_available, sacct_records, wait_until
+from slurm_util import (cluster_available, continue_once_signalled, job_task_pid, logged_step, pause,
+                        sacct_records, wait_until)
 
 ok, reason = cluster_available()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not ok, reason=reason)]
@@ -59,14 +66,36 @@ def _all_finished(study_dir: Path) -> bool:
     return all(s.state in ("done", "diverged", "failed") for s in study_states(study_dir, queue_states()))
 
 
+@pytest.fixture(autouse=True)
+def _cancel_leftover_jobs(tmp_path):
+    """A failed test leaves no job behind (nor a paused one: scancel continues it first)."""
+    yield
+    ids = [job["job_id"] for job in map(read_json, tmp_path.rglob("job.json")) if job and job.get("launcher") == "slurm"]
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+
+
+def _pause_at_a_logged_step(run_dir: Path, job_id: str) -> tuple[int, list[dict]]:
+    """Waits until the job has logged a step, then pauses its task there at once (watching
+    closely: the run must not end first); (pid, the metrics lines logged so far, wall-clock
+    fields included)."""
+    pids: list[int] = []
+    wait_until(lambda: pids.append(job_task_pid(job_id)) or pids[-1], 300, f"the task of job {job_id} to start")
+    wait_until(lambda: logged_step(run_dir) >= 1, 300, f"job {job_id} to log a step", poll_s=0.01)
+    pause(pids[-1])
+    assert not (run_dir / "summary.json").exists(), "the run ended before it could be paused: make it longer"
+    return pids[-1], list(read_jsonl(run_dir / "metrics.jsonl"))
+
+
 def test_a_study_as_a_job_array_matches_the_local_run(tmp_path):
     study = _study(tmp_path)
     local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
-    sweep(compose_study(str(study), [f"study_dir={local_dir}"]), "isoflop")
-    started = time.monotonic()
     report = sweep(compose_study(str(study), [f"study_dir={slurm_dir}", "launcher=slurm"]), "isoflop")
-    assert time.monotonic() - started < 30  # submission returns at once
+    # Submission returns at once: before the array has finished (two cores run at most two of
+    # its four jobs at a time, so it cannot have finished by then whatever the machine).
+    assert not _all_finished(slurm_dir)
     assert len(report.outcome.submitted) == 4 and all("_" in j for j in report.outcome.submitted)  # one array
+    sweep(compose_study(str(study), [f"study_dir={local_dir}"]), "isoflop")  # the reference, meanwhile
     wait_until(lambda: _all_finished(slurm_dir), 300, "the array to finish")
     assert [s.state for s in study_states(slurm_dir, queue_states())] == ["done"] * 4
     for run in run_dirs(local_dir):
@@ -74,67 +103,102 @@ def test_a_study_as_a_job_array_matches_the_local_run(tmp_path):
         assert remote["val_loss"] == local["val_loss"]
 
 
-#: One small model over one budget: a run long enough to be requeued part-way.
-LONG_RUN = ["study.shapes=[{n_layer: 1, d_model: 8, n_head: 1}]", "trainer.log_every=50", "trainer.checkpoint_every=100"]
+#: One small model over one budget: 458 steps, enough that the run cannot end between logging
+#: its first step and being paused (the test watches every 10 ms; a step takes 2 to 30 ms on
+#: one core of the 2-core machine, idle to busy), few enough that the part after the cut is
+#: quick. Checkpoints only when signalled, so a checkpoint part-way is the signal's.
+LONG_RUN = ["study.shapes=[{n_layer: 1, d_model: 8, n_head: 1}]", "trainer.log_every=50",
+            "trainer.checkpoint_every=1000000"]
+LONG_BUDGET = "2e9"
 
 
-def _one_long_run(tmp_path, extra: list[str]) -> tuple[Path, Path]:
-    study = _study(tmp_path, "2e10")
+def _one_long_run(tmp_path, extra: list[str]):
+    """The long run on SLURM (with `extra`), and the same run locally, in the background
+    while the job runs; (local Popen, local study dir, SLURM run dir, job id)."""
+    study = _study(tmp_path, LONG_BUDGET)
     local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
-    sweep(compose_study(str(study), [f"study_dir={local_dir}", *LONG_RUN]), "isoflop")
     sweep(compose_study(str(study), [f"study_dir={slurm_dir}", "launcher=slurm", *LONG_RUN, *extra]), "isoflop")
-    return run_dirs(local_dir)[0], run_dirs(slurm_dir)[0]
+    local = start_cli("sweep", "isoflop", str(study), f"study_dir={local_dir}", *LONG_RUN)
+    slurm_run = run_dirs(slurm_dir)[0]
+    return local, local_dir, slurm_run, read_json(slurm_run / "job.json")["job_id"]
+
+
+def _stop(local) -> None:
+    """Ends the reference run if a failure left it running (Ctrl-C: its runs checkpoint)."""
+    if local.poll() is None:
+        local.send_signal(signal.SIGINT)
+        try:
+            local.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            local.kill()
+
+
+def _cut_resumed_and_matched(local, local_dir: Path, slurm_run: Path, job_id: str, logged: list[dict]) -> None:
+    """After one cut of a job paused once it had logged `logged`: it checkpointed part-way
+    (the signal's checkpoint: the run has no periodic ones), was requeued once, resumed from
+    that checkpoint rather than from scratch, ran to the end, and equals the local run bit for
+    bit."""
+    steps = read_json(slurm_run / "run.json")["steps"]
+    wait_until(lambda: _requeues_so_far(job_id) >= 1, 120, f"the requeue of job {job_id} in the accounting")
+    wait_until(lambda: (slurm_run / "summary.json").exists(), 300, "the job to finish after its requeue")
+    part_way = [s for s, _ in list_checkpoints(slurm_run) if s < steps]
+    assert len(part_way) == 1 and logged[-1]["step"] <= part_way[0], part_way
+    # Resumed: the lines logged before the pause are still those of the first attempt, their
+    # wall-clock fields included (a run trained again from scratch logs them anew).
+    assert list(read_jsonl(slurm_run / "metrics.jsonl"))[: len(logged)] == logged
+    assert local.wait(timeout=300) == 0
+    assert metrics_without_timing(slurm_run) == metrics_without_timing(run_dirs(local_dir)[0])
+    assert _requeues(job_id) == 1
 
 
 def test_a_requeued_job_resumes_and_matches_an_undisturbed_run(tmp_path):
-    local_run, slurm_run = _one_long_run(tmp_path, [])
-    job_id = read_json(slurm_run / "job.json")["job_id"]
-    wait_until(lambda: list_checkpoints(slurm_run), 120, "a first checkpoint")
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
-    wait_until(lambda: (slurm_run / "summary.json").exists(), 300, "the requeued job to finish")
-    assert metrics_without_timing(slurm_run) == metrics_without_timing(local_run)
-    assert _requeues(job_id) >= 1  # the job really was cut and ran again
-
-
-#: slurmctld checks time limits (and sends --signal warnings) on a 30 s cycle, so a warning due
-#: `time_min - signal_delay_s` = 5 s after a job starts arrives 5 to 35 s after it (attempts
-#: measured here: 8, 18, 18, 18 s, then 3 s to finish). A shorter run may finish uncut.
-LATEST_WARNING_S = 35
+    local, local_dir, slurm_run, job_id = _one_long_run(tmp_path, [])
+    try:
+        pid, logged = _pause_at_a_logged_step(slurm_run, job_id)
+        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
+        continue_once_signalled(pid, signal.SIGTERM, 60, "the requeue's SIGTERM")  # checkpoints, ends
+        _cut_resumed_and_matched(local, local_dir, slurm_run, job_id, logged)
+    finally:
+        _stop(local)
 
 
 def test_a_job_hitting_its_time_limit_checkpoints_requeues_and_finishes(tmp_path):
-    # Time limit 1 min, signal 55 s before it. The run (1.5e11 FLOPs: about 57 s on one core of
-    # a 2-core CPU machine) outlasts the latest warning, so it is cut whatever the cycle's phase.
-    study = _study(tmp_path, "1.5e11")
-    local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
-    sweep(compose_study(str(study), [f"study_dir={slurm_dir}", "launcher=slurm", *LONG_RUN,
-                                     "launcher.time_min=1", "launcher.signal_delay_s=55"]), "isoflop")
-    # The reference run, on the other core, while the job runs.
-    local = start_cli("sweep", "isoflop", str(study), f"study_dir={local_dir}", *LONG_RUN)
-    slurm_run = run_dirs(slurm_dir)[0]
-    job_id = read_json(slurm_run / "job.json")["job_id"]
-    wait_until(lambda: _requeues_so_far(job_id) >= 1, LATEST_WARNING_S + 60, "the time limit to cut the job")
-    # One cut is what this test is about: let the rest run in one piece (the test took 121 s
-    # when every attempt was cut, 77 s like this).
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=10"], check=True)
-    assert local.wait(timeout=300) == 0
-    wait_until(lambda: (slurm_run / "summary.json").exists(), 300, "the job to finish after its requeue")
-    assert metrics_without_timing(slurm_run) == metrics_without_timing(run_dirs(local_dir)[0])
+    # The job starts with a 10 min limit and the warning 300 s before it, so nothing is due
+    # until the run has made progress; then, paused at a logged step, its limit becomes 5 min:
+    # the warning is due at once. slurmctld checks time limits on a 30 s cycle, so the warning
+    # comes 0 to 30 s later whatever the machine; the paused run does not move meanwhile (and
+    # the local reference run has the cores). Slurm continues the job as it sends the warning
+    # (SIGCONT, then SIGUSR2); the run checkpoints at its next step and requeues itself.
+    local, local_dir, slurm_run, job_id = _one_long_run(
+        tmp_path, ["launcher.time_min=10", "launcher.signal_delay_s=300"])
+    try:
+        pid, logged = _pause_at_a_logged_step(slurm_run, job_id)
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=5"], check=True, timeout=30)
+        continue_once_signalled(pid, signal.SIGUSR2, 120, "slurmctld's time-limit warning (a 30 s cycle)")
+        # The warning is on its way: a far limit again lets the requeued job run in one piece.
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=15"], check=True, timeout=30)
+        _cut_resumed_and_matched(local, local_dir, slurm_run, job_id, logged)
+    finally:
+        _stop(local)
 
 
 def test_a_cancelled_job_shows_failed_and_the_next_sweep_reruns_it(tmp_path):
-    study = _study(tmp_path, "2e10")
-    overrides = [f"study_dir={tmp_path / 's'}", "launcher=slurm", "study.shapes=[{n_layer: 1, d_model: 8, n_head: 1}]"]
+    study = _study(tmp_path, LONG_BUDGET)
+    overrides = [f"study_dir={tmp_path / 's'}", "launcher=slurm", *LONG_RUN]
     cfg = compose_study(str(study), overrides)
     report = sweep(cfg, "isoflop")
-    run = run_dirs(tmp_path / "s")[0]
-    wait_until(lambda: queue_states().get(report.outcome.submitted[0]) == "RUNNING", 120, "the job to start")
-    subprocess.run(["scancel", report.outcome.submitted[0]], check=True)
-    wait_until(lambda: report.outcome.submitted[0] not in queue_states(), 60, "the job to leave the queue")
+    run, job_id = run_dirs(tmp_path / "s")[0], report.outcome.submitted[0]
+    pid, logged = _pause_at_a_logged_step(run, job_id)
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
+    continue_once_signalled(pid, signal.SIGTERM, 60, "the cancel's SIGTERM")
+    wait_until(lambda: job_id not in queue_states(), 60, "the job to leave the queue")
     assert study_states(tmp_path / "s", queue_states())[0].state == "failed"
+    assert len(list_checkpoints(run)) == 1  # it checkpointed before it ended
     again = sweep(cfg, "isoflop")
     assert again.launched == 1
     wait_until(lambda: (run / "summary.json").exists(), 300, "the rerun to finish")
+    assert read_json(run / "summary.json")["status"] == "done"
+    assert list(read_jsonl(run / "metrics.jsonl"))[: len(logged)] == logged  # the rerun resumed
 
 
 BRANCHES = """

@@ -144,3 +144,81 @@ def test_no_reachable_cluster_is_a_one_line_error(study_file, tmp_path):
     out = run_cli("sweep", "isoflop", str(study_file), f"study_dir={tmp_path / 's'}", "launcher=slurm", env=env)
     assert out.returncode == 2 and "no SLURM client" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+# Configs that compose (the study's own config is valid) but plan runs that a worker would
+# refuse when it starts: each planner must refuse them itself, naming the run.
+WORKER_REFUSES = {
+    # the larger model's 180-step WSD run at 2e9 FLOPs decays from step 144, before its
+    # 150-step warmup ends (the other three runs are long enough)
+    "isoflop": (["schedule=wsd", "schedule.warmup_steps=150"], "shorter than its warmup"),
+    # a grid batch size that grad_accum does not divide
+    "lr_bs": (["study.kind=lr_bs", "study.budgets=[4e9]", "study.shapes=[{n_layer: 1, d_model: 8, n_head: 1}]",
+               "study.lrs=[1e-3]", "study.batch_sizes=[8,12]", "trainer.grad_accum=8"], "multiple of trainer.grad_accum"),
+    # every width's run is 20 steps: its WSD decay starts at step 16, before a 17-step warmup ends
+    "mup_transfer": (["study.kind=mup_transfer", "study.widths=[16,32]", "study.lrs=[1e-3]", "trainer.steps=20",
+                      "schedule=wsd", "schedule.warmup_steps=17"], "shorter than its warmup"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WORKER_REFUSES))
+def test_a_plan_refuses_a_run_its_worker_would_refuse(study_file, tmp_path, monkeypatch, kind):
+    from scaleflow import plan
+    from scaleflow.store import register
+    from scaleflow.sweep import plan_study
+    from scaleflow.worker import execute_run
+
+    overrides, message = WORKER_REFUSES[kind]
+    cfg = compose_study(str(study_file), [f"study_dir={tmp_path / 's'}", *overrides])  # the study itself is valid
+    with pytest.raises(ConfigError, match=message) as refused:
+        plan_study(cfg, kind)
+    assert str(refused.value).startswith("planned run ")
+    # Without the plan-time check the same run is planned, and its worker refuses it with the
+    # same words once it starts: the plan applies the worker's own checks, not a copy.
+    monkeypatch.setattr(plan, "check_runnable", lambda spec: None)
+    specs = plan_study(cfg, kind)
+    bad = next(s for s in specs if s.run_id in str(refused.value))
+    run_dir = register(tmp_path / "s", [bad], "micro", kind)[0]
+    with pytest.raises(ConfigError) as at_start:
+        execute_run(run_dir)
+    assert str(refused.value).endswith(str(at_start.value))
+
+
+def test_cli_dry_run_refuses_what_a_worker_would_refuse(study_file, tmp_path):
+    out = run_cli("sweep", "isoflop", str(study_file), "--dry-run", f"study_dir={tmp_path / 's'}",
+                  *WORKER_REFUSES["isoflop"][0])
+    assert out.returncode == 2, out.stdout
+    assert "shorter than its warmup" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_plan_time_length_check_gives_the_trainers_verdicts():
+    """plan.check_length (plan time, no torch) and train.plan_run (the trainer) accept and
+    refuse the same runs, with the same warmup."""
+    from omegaconf import OmegaConf
+
+    from scaleflow.config import Config
+    from scaleflow.plan import check_length
+    from scaleflow.train import plan_run
+
+    cfg = OmegaConf.structured(Config)
+    cfg.model.seq_len, cfg.trainer.batch_size = 32, 8
+    refused = 0
+    for name in ("wsd", "cosine", "constant"):
+        for fraction in (0.1, 0.5, 0.9):
+            for warmup_steps, warmup_tokens in ((-1, 0.0), (0, 0.0), (4, 0.0), (17, 0.0), (-1, 1000.0)):
+                for steps in (1, 2, 3, 5, 20, 21, 40):
+                    cfg.schedule.name, cfg.schedule.decay_fraction = name, fraction
+                    cfg.schedule.warmup_steps, cfg.schedule.warmup_tokens = warmup_steps, warmup_tokens
+                    cfg.trainer.steps = steps
+                    try:
+                        trainer = plan_run(cfg).warmup
+                    except ConfigError as exc:
+                        trainer = str(exc)
+                    try:
+                        planned = check_length(cfg.schedule, steps, 8 * 32)
+                    except ConfigError as exc:
+                        planned = str(exc)
+                    assert planned == trainer, (name, fraction, warmup_steps, warmup_tokens, steps)
+                    refused += isinstance(trainer, str)
+    assert 0 < refused < 3 * 3 * 5 * 7
