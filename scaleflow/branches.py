@@ -1,4 +1,4 @@
-"""WSD decay branches forked off shared stable-phase trunks (science.md section 4).
+"""WSD decay branches forked off shared stable-phase trunks (docs/science.md section 4).
 
 For each model of the study: one trunk (warmup, then constant peak LR), trained to the
 latest fork point, keeping a checkpoint at every fork point (1 - f) T_i; for each budget T_i
