@@ -221,6 +221,12 @@ class IsoFlopFitter:
     huber_delta: float = 1e-3
 
     def fit(self, df) -> IsoFlopResult:
+        from scaleflow.fit.parametric import one_blas_thread
+
+        with one_blas_thread():  # small batched solves: idle BLAS threads would only spin
+            return self._fit(df)
+
+    def _fit(self, df) -> IsoFlopResult:
         check_table(df, ("params", "tokens", "loss", "flops"), 6, "approach 2 (IsoFLOP)")
         C = group_budgets(df, self.rtol)
         groups = [(float(c), g) for c, g in df.groupby(C) if g["params"].nunique() >= 3]
