@@ -168,11 +168,11 @@ def check_runnable(spec: RunSpec) -> None:
 
 def check_length(schedule, steps: int, tokens_per_step: int) -> int:
     """A run's warmup in steps; ConfigError for a run the trainer refuses: shorter than one
-    step, or a WSD run whose warmup reaches into its decay. train.plan_run makes the same
-    checks in its own copy (train.py imports torch, which planning must not); a test in
-    tests/test_sweep.py holds the two to the same verdicts, and plan_run could call this."""
+    step, or a WSD run whose warmup reaches into its decay. The one place of these checks:
+    the planner calls it for every planned run, the trainer (train.plan_run) before it starts."""
     if steps < 1:
-        raise ConfigError(f"the run is shorter than one step ({tokens_per_step} tokens)")
+        raise ConfigError(f"the run is shorter than one step of {tokens_per_step} tokens; give a longer "
+                          "trainer.tokens/flops/steps")
     warmup = schedules.absolute_warmup(schedule, tokens_per_step)
     if warmup is None:
         warmup = max(1, round(0.05 * steps))

@@ -31,7 +31,7 @@ from scaleflow.errors import ConfigError, StoreError
 from scaleflow.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from scaleflow.files import read_jsonl, write_json, write_text
 from scaleflow.model import GPT
-from scaleflow.plan import run_steps
+from scaleflow.plan import check_length as check_run_length, run_steps
 
 DEFAULT_STEPS = 200  # run length when none of trainer.steps/tokens/flops is given
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s
@@ -58,21 +58,7 @@ def plan_run(cfg) -> Plan:
     steps = run_steps(t, counts, tokens_per_step)
     if steps is None:
         steps = DEFAULT_STEPS
-    if steps < 1:
-        raise ConfigError(
-            f"the run length is shorter than one step of {tokens_per_step} tokens "
-            f"({fpt * tokens_per_step:.3g} FLOPs); give a longer trainer.tokens/flops/steps"
-        )
-    s = cfg.schedule
-    warmup = schedules.absolute_warmup(s, tokens_per_step)
-    if warmup is None:
-        warmup = max(1, round(0.05 * steps))
-    if s.name == "wsd" and warmup > schedules.decay_start(steps, s.decay_fraction):
-        raise ConfigError(
-            f"a {steps}-step WSD run is shorter than its warmup ({warmup} steps) plus decay "
-            f"({schedules.decay_steps(steps, s.decay_fraction)} steps)"
-        )
-    return Plan(steps, min(warmup, steps), tokens_per_step, fpt, counts)
+    return Plan(steps, check_run_length(cfg.schedule, steps, tokens_per_step), tokens_per_step, fpt, counts)
 
 
 def lr_at(cfg, plan: Plan, step: int) -> float:

@@ -193,8 +193,8 @@ def test_cli_dry_run_refuses_what_a_worker_would_refuse(study_file, tmp_path):
 
 
 def test_the_plan_time_length_check_gives_the_trainers_verdicts():
-    """plan.check_length (plan time, no torch) and train.plan_run (the trainer) accept and
-    refuse the same runs, with the same warmup."""
+    """The planner (plan.check_length, no torch) and the trainer (train.plan_run) accept and
+    refuse the same runs, with the same warmup: the trainer must keep using the plan's check."""
     from omegaconf import OmegaConf
 
     from scaleflow.config import Config
