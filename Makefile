@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
-PYTEST_ARGS ?=
+# Two pytest workers (the 2-core target machine); the SLURM tests share one of them.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: install demo test bench clean
 

@@ -1,6 +1,7 @@
 """What a launched job runs: train the run described by a run directory's config.yaml.
 
-`python -m scaleflow.worker RUN_DIR` is the whole job, locally and on SLURM. It takes the
+`python -m scaleflow.worker RUN_DIR` is the whole job, locally (forked from the local
+launcher's fork server, `main` called as the command would) and on SLURM. It takes the
 run's lock (so two sweeps never train the same run at once), resumes from the newest
 checkpoint, and on SIGINT/SIGTERM/SIGUSR2 checkpoints at the next step boundary and exits
 with EXIT_INTERRUPTED (3).

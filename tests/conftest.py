@@ -19,6 +19,18 @@ CHINCHILLA_CSV = Path(__file__).parent / "fixtures/chinchilla/svg_extracted_data
 TRUE_LAW_PARAMS = dict(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37)
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`): a module's tests
+    run on one worker, so that its module-scoped fixtures are computed once; every SLURM test
+    runs on one worker, one after another (they share the cluster's two CPUs: a test's jobs
+    would otherwise queue behind another's), and first: much of their time is spent waiting on
+    slurmctld, time in which the other worker runs the local tests."""
+    for item in items:
+        slurm = item.get_closest_marker("slurm") is not None
+        item.add_marker(pytest.mark.xdist_group("slurm" if slurm else item.module.__name__))
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)  # stable: SLURM first
+
+
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)

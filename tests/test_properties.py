@@ -18,7 +18,7 @@ VALUES = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), max_size=3), st.text(max_size=20))
 def test_any_override_is_a_config_or_a_one_line_config_error(pairs, raw):
     overrides = [f"{k}={v}" for k, v in pairs] + ([raw] if raw else [])

@@ -134,14 +134,15 @@ def test_sigterm_then_sigusr2_stop_a_worker_and_scaleflow_train_which_then_end_b
 
 
 def _worker_pid(run_dir: Path) -> int:
-    """The worker training `run_dir`: its command line names the run directory."""
+    """The worker training `run_dir`: the process holding the run's lock file open."""
+    lock = str(run_dir / ".lock")
     for entry in Path("/proc").iterdir():
         try:
-            args = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+            fds = list((entry / "fd").iterdir()) if entry.name.isdigit() else []
+            if any(os.readlink(fd) == lock for fd in fds):
+                return int(entry.name)
         except OSError:  # it ended while we looked
             continue
-        if b"scaleflow.worker" in args and str(run_dir).encode() in args:
-            return int(entry.name)
     raise AssertionError(f"no worker is training {run_dir}")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import metrics_without_timing, start_cli
+from conftest import metrics_without_timing
 from scaleflow.config import compose_study
 from scaleflow.files import read_json, read_jsonl
 from scaleflow.launch.slurm import queue_states
@@ -112,28 +112,24 @@ LONG_RUN = ["study.shapes=[{n_layer: 1, d_model: 8, n_head: 1}]", "trainer.log_e
 LONG_BUDGET = "2e9"
 
 
-def _one_long_run(tmp_path, extra: list[str]):
-    """The long run on SLURM (with `extra`), and the same run locally, in the background
-    while the job runs; (local Popen, local study dir, SLURM run dir, job id)."""
-    study = _study(tmp_path, LONG_BUDGET)
-    local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
+@pytest.fixture(scope="module")
+def long_reference(tmp_path_factory) -> Path:
+    """The long run trained locally, undisturbed: the reference of every cut test below."""
+    study_dir = tmp_path_factory.mktemp("reference") / "local"
+    study = _study(study_dir.parent, LONG_BUDGET)
+    assert not sweep(compose_study(str(study), [f"study_dir={study_dir}", *LONG_RUN]), "isoflop").outcome.failed
+    return run_dirs(study_dir)[0]
+
+
+def _one_long_run(tmp_path, extra: list[str]) -> tuple[Path, str]:
+    """The long run submitted to SLURM (with `extra`); (its run dir, its job id)."""
+    study, slurm_dir = _study(tmp_path, LONG_BUDGET), tmp_path / "slurm"
     sweep(compose_study(str(study), [f"study_dir={slurm_dir}", "launcher=slurm", *LONG_RUN, *extra]), "isoflop")
-    local = start_cli("sweep", "isoflop", str(study), f"study_dir={local_dir}", *LONG_RUN)
     slurm_run = run_dirs(slurm_dir)[0]
-    return local, local_dir, slurm_run, read_json(slurm_run / "job.json")["job_id"]
+    return slurm_run, read_json(slurm_run / "job.json")["job_id"]
 
 
-def _stop(local) -> None:
-    """Ends the reference run if a failure left it running (Ctrl-C: its runs checkpoint)."""
-    if local.poll() is None:
-        local.send_signal(signal.SIGINT)
-        try:
-            local.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            local.kill()
-
-
-def _cut_resumed_and_matched(local, local_dir: Path, slurm_run: Path, job_id: str, logged: list[dict]) -> None:
+def _cut_resumed_and_matched(reference: Path, slurm_run: Path, job_id: str, logged: list[dict]) -> None:
     """After one cut of a job paused once it had logged `logged`: it checkpointed part-way
     (the signal's checkpoint: the run has no periodic ones), was requeued once, resumed from
     that checkpoint rather than from scratch, ran to the end, and equals the local run bit for
@@ -146,40 +142,32 @@ def _cut_resumed_and_matched(local, local_dir: Path, slurm_run: Path, job_id: st
     # Resumed: the lines logged before the pause are still those of the first attempt, their
     # wall-clock fields included (a run trained again from scratch logs them anew).
     assert list(read_jsonl(slurm_run / "metrics.jsonl"))[: len(logged)] == logged
-    assert local.wait(timeout=300) == 0
-    assert metrics_without_timing(slurm_run) == metrics_without_timing(run_dirs(local_dir)[0])
+    assert metrics_without_timing(slurm_run) == metrics_without_timing(reference)
     assert _requeues(job_id) == 1
 
 
-def test_a_requeued_job_resumes_and_matches_an_undisturbed_run(tmp_path):
-    local, local_dir, slurm_run, job_id = _one_long_run(tmp_path, [])
-    try:
-        pid, logged = _pause_at_a_logged_step(slurm_run, job_id)
-        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
-        continue_once_signalled(pid, signal.SIGTERM, 60, "the requeue's SIGTERM")  # checkpoints, ends
-        _cut_resumed_and_matched(local, local_dir, slurm_run, job_id, logged)
-    finally:
-        _stop(local)
+def test_a_requeued_job_resumes_and_matches_an_undisturbed_run(tmp_path, long_reference):
+    slurm_run, job_id = _one_long_run(tmp_path, [])
+    pid, logged = _pause_at_a_logged_step(slurm_run, job_id)
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
+    continue_once_signalled(pid, signal.SIGTERM, 60, "the requeue's SIGTERM")  # checkpoints, ends
+    _cut_resumed_and_matched(long_reference, slurm_run, job_id, logged)
 
 
-def test_a_job_hitting_its_time_limit_checkpoints_requeues_and_finishes(tmp_path):
+def test_a_job_hitting_its_time_limit_checkpoints_requeues_and_finishes(tmp_path, long_reference):
     # The job starts with a 10 min limit and the warning 300 s before it, so nothing is due
     # until the run has made progress; then, paused at a logged step, its limit becomes 5 min:
     # the warning is due at once. slurmctld checks time limits on a 30 s cycle, so the warning
-    # comes 0 to 30 s later whatever the machine; the paused run does not move meanwhile (and
-    # the local reference run has the cores). Slurm continues the job as it sends the warning
-    # (SIGCONT, then SIGUSR2); the run checkpoints at its next step and requeues itself.
-    local, local_dir, slurm_run, job_id = _one_long_run(
-        tmp_path, ["launcher.time_min=10", "launcher.signal_delay_s=300"])
-    try:
-        pid, logged = _pause_at_a_logged_step(slurm_run, job_id)
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=5"], check=True, timeout=30)
-        continue_once_signalled(pid, signal.SIGUSR2, 120, "slurmctld's time-limit warning (a 30 s cycle)")
-        # The warning is on its way: a far limit again lets the requeued job run in one piece.
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=15"], check=True, timeout=30)
-        _cut_resumed_and_matched(local, local_dir, slurm_run, job_id, logged)
-    finally:
-        _stop(local)
+    # comes 0 to 30 s later whatever the machine; the paused run does not move meanwhile.
+    # Slurm continues the job as it sends the warning (SIGCONT, then SIGUSR2); the run
+    # checkpoints at its next step and requeues itself.
+    slurm_run, job_id = _one_long_run(tmp_path, ["launcher.time_min=10", "launcher.signal_delay_s=300"])
+    pid, logged = _pause_at_a_logged_step(slurm_run, job_id)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=5"], check=True, timeout=30)
+    continue_once_signalled(pid, signal.SIGUSR2, 120, "slurmctld's time-limit warning (a 30 s cycle)")
+    # The warning is on its way: a far limit again lets the requeued job run in one piece.
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=15"], check=True, timeout=30)
+    _cut_resumed_and_matched(long_reference, slurm_run, job_id, logged)
 
 
 def test_a_cancelled_job_shows_failed_and_the_next_sweep_reruns_it(tmp_path):
@@ -210,7 +198,6 @@ study:
   name: slurm_branches
   kind: decay_branches
   shapes:
-    - {n_layer: 1, d_model: 8, n_head: 1}
     - {n_layer: 1, d_model: 16, n_head: 2}
   branch_grid: "linear:12800:38400:3"
 model: {seq_len: 32}
@@ -226,11 +213,12 @@ def test_decay_branches_on_slurm_match_the_local_study(tmp_path):
     study = tmp_path / "slurm_branches.yaml"
     study.write_text(BRANCHES)
     local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
-    local = decay_branches(compose_study(str(study), [f"study_dir={local_dir}"]))
-    assert not local.outcome.failed
     report = decay_branches(compose_study(str(study), [f"study_dir={slurm_dir}", "launcher=slurm"]))
-    # two trunks of three segments each, six branches, every branch queued before its trunk ends
-    assert len(report.outcome.submitted) == 12
+    # a trunk of three segments (an afterok chain) and three branches, every branch queued
+    # before its trunk ends
+    assert len(report.outcome.submitted) == 6
+    local = decay_branches(compose_study(str(study), [f"study_dir={local_dir}"]))  # the reference, meanwhile
+    assert not local.outcome.failed
     wait_until(lambda: _all_finished(slurm_dir), 400, "the branched study to finish")
     for spec in local.specs:
         local_summary = read_json(local_dir / spec.run_id / "summary.json")

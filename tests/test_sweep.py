@@ -76,12 +76,12 @@ def test_sweep_runs_skips_and_grows(study_file, tmp_path):
     assert again.launched == 0 and again.skipped_done == 4
     assert {p: p.stat().st_mtime_ns for p in study_dir.glob("*/summary.json")} == mtimes
 
-    grown = sweep(compose_study(str(study_file), [f"study_dir={study_dir}", "study.budgets=[2e9,4e9,8e9]"]), "isoflop")
+    grown = sweep(compose_study(str(study_file), [f"study_dir={study_dir}", "study.budgets=[1e9,2e9,4e9]"]), "isoflop")
     assert grown.launched == 2 and grown.skipped_done == 4
 
     table = collect(study_dir).runs
     assert len(table) == 6 and table["loss"].notna().all()
-    assert set(table["budget"]) == {2e9, 4e9, 8e9}
+    assert set(table["budget"]) == {1e9, 2e9, 4e9}
 
 
 def test_force_retrains_but_keeps_the_old_results(study_file, tmp_path):

@@ -189,6 +189,12 @@ class IsoFlopResult:
                 "shape": {"alpha": self.shape[0], "beta": self.shape[1]}}
 
 
+def _tokens_at(params: np.ndarray, tokens: np.ndarray, log_params):
+    """Tokens of a model of exp(log_params) parameters at one budget: the line through its
+    runs' (ln N, ln D), exact when every run counts C = k N D."""
+    return np.exp(np.polyval(np.polyfit(np.log(params), np.log(tokens), 1), log_params))
+
+
 def _budget(C: float, g, log_exps: np.ndarray, coef: np.ndarray) -> BudgetFit:
     c = Curve(np.log(g["params"].to_numpy(float)), g["loss"].to_numpy(float))
     tokens = g["tokens"].to_numpy(float)
@@ -202,8 +208,7 @@ def _budget(C: float, g, log_exps: np.ndarray, coef: np.ndarray) -> BudgetFit:
     near_edge = abs(xv - (lo + hi) / 2) / ((hi - lo) / 2) > EDGE
     status, msg = (DOUBTFUL, f"budget {C:.3g} FLOPs: minimum near the edge of the sampled sizes") if near_edge \
         else (OK, "")
-    kd = np.polyfit(c.x, np.log(tokens), 1)
-    return BudgetFit(C, np.exp(c.x), tokens, c.y, coef, float(np.exp(xv)), float(np.exp(np.polyval(kd, xv))),
+    return BudgetFit(C, np.exp(c.x), tokens, c.y, coef, float(np.exp(xv)), float(_tokens_at(np.exp(c.x), tokens, xv)),
                      lv, status, msg)
 
 
@@ -275,8 +280,7 @@ class IsoFlopFitter:
         for j, (c, b, k) in enumerate(zip(curves, budgets, coefs)):
             distinct = (weights[j] @ (c.x[:, None] == np.unique(c.x)[None]) > 0).sum(axis=1)
             xv = np.where(distinct >= 3, minimum(c, log_exps, k)[0], np.nan)
-            kd = np.polyfit(c.x, np.log(b.tokens), 1)
-            n_opt[:, j], d_opt[:, j] = np.exp(xv), np.exp(np.polyval(kd, xv))
+            n_opt[:, j], d_opt[:, j] = np.exp(xv), _tokens_at(b.params, b.tokens, xv)
         return n_opt, d_opt
 
     def _loss_law(self, good: list[BudgetFit]):
