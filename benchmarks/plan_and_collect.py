@@ -59,7 +59,7 @@ def bench_plan(tmp: Path) -> None:
 
 
 def bench_collect(tmp: Path, n: int = 10_000) -> None:
-    from scaleflow.store import collect
+    from scaleflow.collect import collect
 
     study = tmp / "study"
     for i in range(n):

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scaleflow.errors import ScaleflowError
+from scaleflow.exit_codes import EXIT_CTRL_C, EXIT_FAILED, EXIT_USAGE
 
 app = typer.Typer(
     help="Plan, run and fit language-model scaling-law studies.",
@@ -58,11 +59,11 @@ def train(overrides: Overrides = None) -> None:
         summary = train_interruptible(cfg, run_dir)
     if summary["status"] == "interrupted":
         err_console.print(f"interrupted at step {summary['step']}; resume with resume=true run_dir={run_dir}")
-        raise typer.Exit(130)
+        raise typer.Exit(EXIT_CTRL_C)
     rows = [(k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in summary.items()]
     console.print(_table(f"run {summary['run_id']}: {summary['status']}", rows, ["field", "value"]))
     if summary["status"] != "done":
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _train_data_parallel(cfg, run_dir: Path) -> dict:
@@ -151,10 +152,10 @@ def _print_outcome(report) -> None:
         console.print(f"{len(out.busy)} run(s) were being trained by another process and were left to it")
     if out.interrupted:
         err_console.print("interrupted: every run checkpointed; run the same command again to resume")
-        raise typer.Exit(130)
+        raise typer.Exit(EXIT_CTRL_C)
     if out.failed:
         err_console.print(f"{len(out.failed)} job(s) failed: {', '.join(out.failed[:5])}; see worker.log in their run directories")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 StudyArgs = Annotated[Optional[list[str]], typer.Argument(help="[STUDY] then Hydra overrides; STUDY is a name from sweeps/ or a YAML path", show_default=False)]
@@ -192,7 +193,7 @@ def status(study_dir: Annotated[Path, typer.Argument(help="a study directory, e.
     console.print(", ".join(f"{n} {name}" for name, n in counts.items()) or "no runs")
     _print_branch_accounting(study_dir)
     if counts.get("failed"):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _print_branch_accounting(study_dir: Path) -> None:
@@ -235,7 +236,7 @@ def decay_branches_cmd(
 @app.command()
 def collect(study_dir: Annotated[Path, typer.Argument(help="a study directory")]) -> None:
     """Gather finished runs into runs.parquet / runs.csv (and curves.parquet) in the study directory."""
-    from scaleflow.store import collect as collect_runs, write_collected
+    from scaleflow.collect import collect as collect_runs, write_collected
 
     collected = collect_runs(study_dir)
     paths = write_collected(study_dir, collected)
@@ -262,10 +263,10 @@ def main() -> None:
         app()
     except ScaleflowError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         err_console.print("interrupted")
-        sys.exit(130)
+        sys.exit(EXIT_CTRL_C)
     except Exception as exc:  # a bug: still one line unless the user asks for the traceback
         if os.environ.get("SCALEFLOW_DEBUG"):
             raise
@@ -273,7 +274,7 @@ def main() -> None:
             f"internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''} (SCALEFLOW_DEBUG=1 shows the traceback)",
             markup=False, highlight=False, soft_wrap=True,
         )
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from scaleflow.errors import FitError
-
-LAW_HELP = ("chinchilla (every approach the data supports), approach1 (envelope), approach2 (IsoFLOP), "
-            "approach3 (parametric L(N, D)), power (L = E + A x^-alpha; x = column mapped by --col x=..., "
-            "else flops), lr-bs (optimal learning rate and batch size against compute), lr-transfer (optimal "
-            "learning rate per width and its drift, SP vs muP), critical-batch (noise-scale law B*/L^(1/alpha_B) "
-            "and the steps-tokens trade-off of a batch-size sweep; needs the training history)")
+from scaleflow.fit.registry import law_help
 
 Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object to stdout.")]
 
@@ -76,7 +71,7 @@ def _print_json(d: dict[str, Any]) -> None:
 
 def fit(
     source: Annotated[str, typer.Argument(help="CSV or parquet table, or a study directory.")],
-    law: Annotated[str, typer.Option("--law", help=LAW_HELP)] = "chinchilla",
+    law: Annotated[str, typer.Option("--law", help=law_help())] = "chinchilla",
     col: Annotated[Optional[list[str]], typer.Option("--col", help="Map a column: name=Column (repeatable), "
                                                      "e.g. --col params=\"Model Size\".")] = None,
     where: Annotated[Optional[str], typer.Option("--where", help="Keep rows matching a pandas query on "

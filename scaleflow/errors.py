@@ -26,5 +26,9 @@ class StoreError(ScaleflowError):
     """A run directory or study directory is unusable (locked, foreign config, full disk)."""
 
 
+class RunBusyError(StoreError):
+    """Another process holds the run's lock: it is training that run."""
+
+
 class FitError(ScaleflowError):
     """The data cannot support the requested fit (missing columns, too few points...)."""

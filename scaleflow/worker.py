@@ -10,7 +10,6 @@ with EXIT_INTERRUPTED (3).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import signal
 import subprocess
@@ -18,26 +17,11 @@ import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from scaleflow.errors import ScaleflowError, StoreError
+from scaleflow.errors import RunBusyError, ScaleflowError
+from scaleflow.exit_codes import EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from scaleflow.lock import run_lock
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
-EXIT_INTERRUPTED = 3  # the run checkpointed and stopped early; run it again to resume
-EXIT_BUSY = 4  # another process holds the run's lock
-
-
-@contextmanager
-def run_lock(run_dir: Path):
-    """An exclusive, non-blocking lock on a run directory (released if the process dies)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreError(f"{run_dir} is being trained by another process") from None
-        yield
-    finally:
-        os.close(fd)
 
 
 class StopFlag:
@@ -188,15 +172,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         summary = execute_run(args.run_dir, args.threads, args.until, resume=not args.fresh)
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BUSY if "another process" in str(exc) else 2
     except ScaleflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BUSY if isinstance(exc, RunBusyError) else EXIT_USAGE
     if summary["status"] == "interrupted":
         return EXIT_INTERRUPTED
-    return 0 if summary["status"] in ("done", "diverged", "stopped") else 1
+    return EXIT_OK if summary["status"] in ("done", "diverged", "stopped") else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ import pytest
 from conftest import TINY, metrics_without_timing, run_cli, start_worker, write_run_config
 from scaleflow.config import compose_run, compose_study
 from scaleflow.errors import ScaleflowError, StoreError
-from scaleflow.store import collect, run_dirs, study_states
+from scaleflow.collect import collect
+from scaleflow.store import run_dirs, study_states
 from scaleflow.checkpoints import checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint
 from scaleflow.files import read_json, read_jsonl
 from scaleflow.train import train

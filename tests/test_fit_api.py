@@ -105,13 +105,13 @@ def test_study_sources_follow_the_collector_contract(monkeypatch, tmp_path):
     finals = runs.set_index("run_id").loc[["r0", "r1", "r2", "r3"], "loss"]
     assert sorted(c.loc[c["flops"] == 1e18, "loss"]) == sorted(finals)
 
-    class Collected:  # what scaleflow.store.collect returns
+    class Collected:  # what scaleflow.collect.collect returns
         def __init__(self):
             self.runs, self.curves, self.skipped, self.warnings = runs, curves, 2, ["skipped 2 unfinished run(s)"]
 
-    import scaleflow.store
+    import scaleflow.collect
 
-    monkeypatch.setattr(scaleflow.store, "collect", lambda path: Collected())
+    monkeypatch.setattr(scaleflow.collect, "collect", lambda path: Collected())
     d = fit(tmp_path, FitOptions(law="approach1", n_bootstrap=20)).to_dict()
     assert "approach1" in d and "skipped 2 unfinished run(s)" in d["notes"]
 
@@ -127,14 +127,30 @@ def test_power_and_lr_bs_laws():
     assert d["lr_bs"]["batch_unit"] == "batch_size" and len(d["lr_bs"]["budgets"]) == 2
 
 
-def test_register_law_hook(monkeypatch):
+def test_a_registered_law_runs_and_gets_a_table_in_the_report(tmp_path):
+    from scaleflow.report import markdown, sections, warnings_of
+
     class Result:
         def to_dict(self, include_samples=False):
-            return {"value": 1}
+            return {"value": 1.5, "status": "doubtful", "message": "made up", "ci": {"value": [1.0, 2.0]}}
 
-    monkeypatch.setitem(api.LAWS, "critical-batch", None)
-    register_law("critical-batch", lambda data, o: {"critical_batch": Result()})
-    assert fit(study_table(), FitOptions(law="critical-batch")).to_dict()["critical_batch"] == {"value": 1}
+    register_law("my-law", lambda data, o: {"my_result": Result()}, "a law of the user's own")
+    try:
+        d = fit(study_table(), FitOptions(law="my-law")).to_dict()
+    finally:
+        api.LAWS.pop("my-law")
+    assert d["my_result"]["value"] == 1.5 and d["results"] == ["my_result"]
+    table = next(s for s in sections(d) if s.title == "my_result")
+    assert table.rows == [["value", 1.5, "[1, 2]"]]
+    assert "my_result doubtful: made up" in warnings_of(d) and "| value | 1.5 | [1, 2] |" in markdown(d, [])
+
+
+def test_law_help_lists_every_law():
+    from scaleflow.fit.registry import LAWS, law_help
+
+    assert all(f"{name}: " in law_help() for name in LAWS)
+    assert {"chinchilla", "approach1", "approach2", "approach3", "power", "lr-bs", "lr-transfer",
+            "critical-batch"} <= set(LAWS)
 
 
 @pytest.mark.parametrize("table, options, message", [

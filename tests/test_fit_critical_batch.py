@@ -174,7 +174,7 @@ def test_plot_and_sections(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from scaleflow.fit.critical_batch import plot, sections
+    from scaleflow.report.critical_batch import plot_result as plot, sections
 
     table, hist = sweep(batch_sizes=(32, 128, 512), steps=4000, log_every=40)
     res, _ = CriticalBatchFitter(n_bootstrap=20).fit(table, hist)

@@ -90,7 +90,6 @@ def test_diverged_runs_excluded_and_listed():
 
 def test_through_fit_api_diverged_rows_are_dropped_and_noted():
     from scaleflow.fit.api import FitOptions, fit
-    import scaleflow.fit.transfer  # noqa: F401  registers the law
 
     df = grid(opt=lambda p, w: 3e-2 * 32 / w)
     df["run_id"] = [f"r{i}" for i in range(len(df))]
@@ -135,7 +134,7 @@ def test_plot_and_sections(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from scaleflow.fit.transfer import plot, sections
+    from scaleflow.report.transfer import plot_result as plot, sections
 
     res = LrTransferFitter().fit(grid())
     assert plot(res, tmp_path, plt) == ["lr_transfer.png"] and (tmp_path / "lr_transfer.svg").exists()

@@ -26,7 +26,7 @@ from scaleflow.files import read_json
 from scaleflow.store import last_metrics, study_states
 from scaleflow.sweep import plan_study
 from scaleflow.train import train
-from scaleflow.worker import EXIT_INTERRUPTED
+from scaleflow.exit_codes import EXIT_INTERRUPTED
 
 EXIT_CLI_INTERRUPTED = 130  # `scaleflow train` and `scaleflow sweep` after a stop signal
 GUARD_S = 120  # turns a hang into a failure; never decides when anything happens

@@ -10,7 +10,8 @@ from conftest import run_cli
 from scaleflow.config import compose_study
 from scaleflow.errors import ConfigError, StoreError
 from scaleflow.plan import isoflop
-from scaleflow.store import collect, run_dirs, study_states
+from scaleflow.collect import collect
+from scaleflow.store import run_dirs, study_states
 from scaleflow.sweep import sweep
 
 STUDY = """

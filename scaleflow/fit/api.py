@@ -4,132 +4,26 @@ requested law(s), compare the approaches, predict.
 `fit(source, FitOptions(...))` -> FitRun, whose `to_dict()` is the JSON of `scaleflow fit`.
 Units: params in parameters, tokens in tokens, flops in FLOPs, loss in nats/token.
 
-Laws are looked up in `LAWS` (name -> function(FitData, FitOptions) -> {result name: result});
-`register_law` adds one (e.g. `lr-transfer`, `critical-batch`). A result needs
-`to_dict(include_samples)`; one with an allocation (`n_opt`, `d_opt`, `loss_opt`, `interval`,
-directly or as `.law`) also gets predictions in `optimal`.
+Laws are looked up in `fit/registry.py`'s LAWS (`register_law` adds one); the types a fit
+passes around are in `fit/types.py`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from scaleflow.errors import FitError
-from scaleflow.fit.laws import check_table, jsonable
-from scaleflow.fit.prepare import FitData, FitOptions, load_source, prepare, read_table
-
-
-@dataclass(frozen=True, eq=False)
-class FitRun:
-    """Everything one fit produced; `to_dict()` is the JSON object of `scaleflow fit --json`."""
-
-    source: str
-    options: FitOptions
-    data: FitData
-    results: dict[str, Any]
-    skipped: dict[str, str]
-    optimal: list[dict[str, Any]]
-    holdout: dict[str, Any] | None = None
-    agreement: Any = None  # fit.agreement.Agreement when two or more approaches ran
-
-    def to_dict(self, include_samples: bool = False) -> dict[str, Any]:
-        o = self.options
-        out: dict[str, Any] = {
-            "source": self.source, "law": o.law, "n_points": len(self.data.table), "columns": o.columns,
-            "where": o.where, "param_count": o.param_count, "n_bootstrap": o.n_bootstrap,
-            "huber_delta": o.huber_delta, "notes": list(self.data.notes), "excluded": self.data.excluded,
-            "flops": self.data.flops,
-        }
-        if self.agreement is not None:
-            out["agreement"] = self.agreement.to_dict()
-        out.update({name: r.to_dict(include_samples) for name, r in self.results.items()})
-        out.update(skipped=self.skipped, optimal=self.optimal)
-        if self.holdout is not None:
-            out["holdout"] = self.holdout
-        return jsonable(out)
-
-
-# ----------------------------------------------------------------------------- laws
-
-def _approach3(data: FitData, o: FitOptions):
-    from scaleflow.fit.parametric import ParametricFitter
-
-    return ParametricFitter(o.huber_delta, o.n_bootstrap, o.seed, data.flops["flops_per_param_token"]).fit(data.table)
-
-
-def _approach2(data: FitData, o: FitOptions):
-    from scaleflow.fit.isoflop import IsoFlopFitter
-
-    return IsoFlopFitter(o.budget_rtol, o.n_bootstrap, o.seed, o.huber_delta).fit(data.table)
-
-
-def _approach1(data: FitData, o: FitOptions):
-    from scaleflow.fit.envelope import EnvelopeFitter
-
-    if data.curves is None:
-        raise FitError("approach 1 needs runs of one model size at several token counts (or WSD branches)")
-    return EnvelopeFitter(n_bootstrap=o.n_bootstrap, seed=o.seed, huber_delta=o.huber_delta).fit(data.curves)
-
-
-APPROACHES = {"approach3": _approach3, "approach2": _approach2, "approach1": _approach1}
-
-
-def _chinchilla(data: FitData, o: FitOptions) -> dict[str, Any]:
-    """Every approach the data supports; the reasons of the others go to `skipped`."""
-    check_table(data.table, ("params", "tokens", "loss"), 1, "the chinchilla fits")
-    results, skipped = {}, {}
-    for name, fn in APPROACHES.items():
-        try:
-            results[name] = fn(data, o)
-        except FitError as exc:
-            skipped[name] = str(exc)
-    if not results:
-        raise FitError("; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    return {**results, "skipped": skipped}
-
-
-def _power(data: FitData, o: FitOptions):
-    from scaleflow.fit.power import PowerFitter
-
-    x = "x" if "x" in data.table.columns else "flops" if "flops" in data.table.columns else "params"
-    return {"power": PowerFitter(x, o.huber_delta, o.n_bootstrap, o.seed).fit(data.table)}
-
-
-def _lr_bs(data: FitData, o: FitOptions):
-    from scaleflow.fit.hparams import LrBsFitter
-
-    batch = "batch_tokens" if "batch_tokens" in data.table.columns else "batch_size"
-    return {"lr_bs": LrBsFitter(batch, rtol=o.budget_rtol, n_bootstrap=o.n_bootstrap, seed=o.seed).fit(data.table)}
-
-
-def _only(name: str) -> Callable[[FitData, FitOptions], dict[str, Any]]:
-    """The law that runs one approach and lets its FitError through."""
-    def run(data: FitData, o: FitOptions) -> dict[str, Any]:
-        return {name: APPROACHES[name](data, o)}
-    return run
-
-
-LAWS: dict[str, Callable[[FitData, FitOptions], dict[str, Any]]] = {
-    "chinchilla": _chinchilla, "power": _power, "lr-bs": _lr_bs, **{name: _only(name) for name in APPROACHES},
-}
-
-
-def register_law(name: str, fn: Callable[[FitData, FitOptions], dict[str, Any]]) -> None:
-    """Add a law to `--law` (e.g. `lr-transfer`, `critical-batch`)."""
-    LAWS[name] = fn
+from scaleflow.fit.laws import jsonable
+from scaleflow.fit.prepare import load_source, prepare, read_table
+from scaleflow.fit.registry import LAWS, register_law
+from scaleflow.fit.types import FitData, FitOptions, FitRun, allocation
 
 
 # ----------------------------------------------------------------------------- predictions
-
-def allocation(result: Any):
-    """The result's compute-optimal allocation law (n_opt, d_opt, loss_opt, interval), or None."""
-    law = getattr(result, "law", result)
-    return law if all(hasattr(law, m) for m in ("n_opt", "d_opt", "loss_opt", "interval")) else None
-
 
 def predict_optimal(results: dict[str, Any], budgets) -> list[dict[str, Any]]:
     """One row per (budget, approach): N_opt, D_opt, tokens per parameter, loss, 95% intervals."""
@@ -238,7 +132,7 @@ def _holdout(data: FitData, o: FitOptions) -> dict[str, Any]:
     train, test = t[C < top], t[C == top]
     curves = None if data.curves is None else data.curves[data.curves["flops"] < test["flops"].min()]
     sub = replace(data, table=train.reset_index(drop=True), curves=curves)
-    results = {k: v for k, v in LAWS[o.law](sub, o).items() if k != "skipped"}
+    results = {k: v for k, v in LAWS[o.law].run(sub, o).items() if k != "skipped"}
     m = _measured_optimum(t, float(top), o.budget_rtol)
     rows = []
     for p in predict_optimal(results, [top]):
@@ -249,9 +143,6 @@ def _holdout(data: FitData, o: FitOptions) -> dict[str, Any]:
 
 def fit(source: str | Path | Any, options: FitOptions = FitOptions()) -> FitRun:
     """Load SOURCE (a path, or a DataFrame), prepare it and run `options.law`."""
-    import scaleflow.fit.critical_batch  # noqa: F401  (these modules register their laws)
-    import scaleflow.fit.transfer  # noqa: F401
-
     if options.law not in LAWS:
         raise FitError(f"unknown law {options.law!r}; choose one of: {', '.join(LAWS)}")
     if isinstance(source, (str, Path)):
@@ -268,7 +159,7 @@ def fit(source: str | Path | Any, options: FitOptions = FitOptions()) -> FitRun:
     from scaleflow.fit.parametric import one_blas_thread
 
     with one_blas_thread():  # small problems: idle BLAS threads would only steal the optimiser's core
-        out = dict(LAWS[options.law](data, options))
+        out = dict(LAWS[options.law].run(data, options))
         holdout = _holdout(data, options) if options.holdout_largest else None
     skipped = out.pop("skipped", {})
     budgets = list(options.predict) or (_default_budgets(data.table, options.budget_rtol)
@@ -278,5 +169,5 @@ def fit(source: str | Path | Any, options: FitOptions = FitOptions()) -> FitRun:
     return FitRun(name, options, data, out, skipped, predict_optimal(out, budgets), holdout, compare(out, data.table))
 
 
-__all__ = ["FitOptions", "FitData", "FitRun", "LAWS", "fit", "load_source", "prepare",
+__all__ = ["FitOptions", "FitData", "FitRun", "LAWS", "allocation", "fit", "load_source", "prepare",
            "predict_optimal", "register_law"]

@@ -10,7 +10,6 @@ builds approach 1's curves from annealed points only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,47 +17,13 @@ import numpy as np
 
 from scaleflow.errors import FitError
 from scaleflow.fit.laws import check_table, numeric_column
-
-PARAM_COUNTS = ("non_embedding", "with_head", "total")
-SIX_ND = {"definition": "6 N D (the table has no flops column)", "flops_per_param_token": 6.0, "spread": 0.0}
-
-
-@dataclass(frozen=True)
-class FitOptions:
-    """Settings of one `scaleflow fit` call (see the CLI for their meaning)."""
-
-    law: str = "chinchilla"
-    columns: dict[str, str] = field(default_factory=dict)  # logical name -> column in the source
-    where: str | None = None
-    param_count: str | None = None
-    n_bootstrap: int = 200
-    huber_delta: float = 1e-3
-    predict: tuple[float, ...] = ()  # FLOP budgets
-    holdout_largest: bool = False
-    seed: int = 0
-    budget_rtol: float = 0.1  # runs whose FLOPs agree within this fraction share a budget
-    history: str | None = None  # a CSV / parquet of metrics lines (run_id, step, tokens, train_loss, ...)
-
-
-@dataclass(frozen=True, eq=False)
-class FitData:
-    """The prepared inputs: `table` (one row per finished run), `curves` (approach 1) and
-    `history` (every metrics line: run_id, step, tokens, train_loss, val_loss,
-    grad_noise_scale; None without a study directory or `--history FILE`)."""
-
-    table: Any
-    curves: Any = None
-    notes: tuple[str, ...] = ()
-    excluded: dict[str, Any] = field(default_factory=dict)
-    history: Any = None
-    flops: dict[str, Any] = field(default_factory=lambda: dict(SIX_ND))
-
+from scaleflow.fit.types import PARAM_COUNTS, SIX_ND, FitData, FitOptions
 
 def load_source(source: str | Path):
     """(runs table, notes, history or None) from a CSV/parquet file or a study directory."""
     path = Path(source)
     if path.is_dir():
-        from scaleflow.store import collect
+        from scaleflow.collect import collect
 
         c = collect(path)
         return c.runs, tuple(getattr(c, "warnings", ()) or ()), getattr(c, "history", None)

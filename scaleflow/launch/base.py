@@ -45,14 +45,3 @@ class LaunchOutcome:
 
 class Launcher(Protocol):
     def launch(self, jobs: list[Job]) -> LaunchOutcome: ...
-
-
-def make_launcher(cfg, console=None) -> Launcher:
-    """The launcher a config names (launcher.name = local | slurm)."""
-    if cfg.name == "slurm":
-        from scaleflow.launch.slurm import SlurmLauncher
-
-        return SlurmLauncher(cfg)
-    from scaleflow.launch.local import LocalLauncher
-
-    return LocalLauncher(cfg, console)

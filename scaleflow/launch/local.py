@@ -21,7 +21,7 @@ from pathlib import Path
 
 from scaleflow.launch.base import Job, LaunchOutcome
 from scaleflow.store import last_metrics, write_job
-from scaleflow.worker import EXIT_BUSY, EXIT_INTERRUPTED
+from scaleflow.exit_codes import EXIT_BUSY, EXIT_INTERRUPTED
 
 POLL_S = 0.2
 

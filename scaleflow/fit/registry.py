@@ -1,0 +1,122 @@
+"""Every law `scaleflow fit --law` knows, in one explicit list.
+
+A law is a function (FitData, FitOptions) -> {result name: result} (plus "skipped":
+{approach: reason} where it tries several); its help line feeds `--law`'s help. A result needs
+`to_dict(include_samples)` and `status`/`message`; one with an allocation (`n_opt`, `d_opt`,
+`loss_opt`, `interval`, directly or as `.law`) also gets predictions. `register_law` adds one
+(its report then shows a generic table of its fields: `scaleflow.report`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from scaleflow.errors import FitError
+
+if TYPE_CHECKING:  # the fitters load when a law runs: `scaleflow fit --help` reads this list alone
+    from scaleflow.fit.types import FitData, FitOptions
+
+LawFunction = Callable[["FitData", "FitOptions"], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class LawEntry:
+    run: LawFunction
+    help: str
+
+
+def _approach3(data: FitData, o: FitOptions):
+    from scaleflow.fit.parametric import ParametricFitter
+
+    return ParametricFitter(o.huber_delta, o.n_bootstrap, o.seed, data.flops["flops_per_param_token"]).fit(data.table)
+
+
+def _approach2(data: FitData, o: FitOptions):
+    from scaleflow.fit.isoflop import IsoFlopFitter
+
+    return IsoFlopFitter(o.budget_rtol, o.n_bootstrap, o.seed, o.huber_delta).fit(data.table)
+
+
+def _approach1(data: FitData, o: FitOptions):
+    from scaleflow.fit.envelope import EnvelopeFitter
+
+    if data.curves is None:
+        raise FitError("approach 1 needs runs of one model size at several token counts (or WSD branches)")
+    return EnvelopeFitter(n_bootstrap=o.n_bootstrap, seed=o.seed, huber_delta=o.huber_delta).fit(data.curves)
+
+
+APPROACHES = {"approach3": _approach3, "approach2": _approach2, "approach1": _approach1}
+
+
+def _chinchilla(data: FitData, o: FitOptions) -> dict[str, Any]:
+    """Every approach the data supports; the reasons of the others go to `skipped`."""
+    from scaleflow.fit.laws import check_table
+
+    check_table(data.table, ("params", "tokens", "loss"), 1, "the chinchilla fits")
+    results, skipped = {}, {}
+    for name, fn in APPROACHES.items():
+        try:
+            results[name] = fn(data, o)
+        except FitError as exc:
+            skipped[name] = str(exc)
+    if not results:
+        raise FitError("; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    return {**results, "skipped": skipped}
+
+
+def _only(name: str) -> LawFunction:
+    """The law that runs one approach and lets its FitError through."""
+    def run(data: FitData, o: FitOptions) -> dict[str, Any]:
+        return {name: APPROACHES[name](data, o)}
+    return run
+
+
+def _power(data: FitData, o: FitOptions):
+    from scaleflow.fit.power import PowerFitter
+
+    x = "x" if "x" in data.table.columns else "flops" if "flops" in data.table.columns else "params"
+    return {"power": PowerFitter(x, o.huber_delta, o.n_bootstrap, o.seed).fit(data.table)}
+
+
+def _lr_bs(data: FitData, o: FitOptions):
+    from scaleflow.fit.hparams import LrBsFitter
+
+    batch = "batch_tokens" if "batch_tokens" in data.table.columns else "batch_size"
+    return {"lr_bs": LrBsFitter(batch, rtol=o.budget_rtol, n_bootstrap=o.n_bootstrap, seed=o.seed).fit(data.table)}
+
+
+def _lr_transfer(data: FitData, o: FitOptions) -> dict[str, Any]:
+    from scaleflow.fit.transfer import LrTransferFitter
+
+    return {"lr_transfer": LrTransferFitter().fit(data.table)}
+
+
+def _critical_batch(data: FitData, o: FitOptions) -> dict[str, Any]:
+    from scaleflow.fit.critical_batch import CriticalBatchFitter
+
+    res, skipped = CriticalBatchFitter(n_bootstrap=o.n_bootstrap, seed=o.seed).fit(data.table, data.history)
+    return {"critical_batch": res, "skipped": skipped}
+
+
+LAWS: dict[str, LawEntry] = {
+    "chinchilla": LawEntry(_chinchilla, "approaches 3, 2 and 1, each where the data supports it"),
+    "approach3": LawEntry(_only("approach3"), "L(N, D) = E + A/N^alpha + B/D^beta"),
+    "approach2": LawEntry(_only("approach2"), "IsoFLOP minima"),
+    "approach1": LawEntry(_only("approach1"), "the envelope of loss curves"),
+    "power": LawEntry(_power, "L = E + A x^-alpha (x: the column mapped by --col x=..., else flops, else params)"),
+    "lr-bs": LawEntry(_lr_bs, "optimal learning rate and batch size against compute"),
+    "lr-transfer": LawEntry(_lr_transfer, "drift of the optimal learning rate with width (SP vs muP)"),
+    "critical-batch": LawEntry(_critical_batch, "the noise-scale law B*/L^(1/alpha_B) and the steps-tokens trade-off of a "
+                                  "batch-size sweep (needs the training history)"),
+}
+
+
+def register_law(name: str, run: LawFunction, help: str = "") -> None:
+    """Add a law to `--law` (a plugin's, or a user's own)."""
+    LAWS[name] = LawEntry(run, help)
+
+
+def law_help() -> str:
+    """`--law`'s help, from the registry."""
+    return "; ".join(f"{name}: {entry.help}" for name, entry in LAWS.items())
