@@ -8,10 +8,7 @@ model, the optimizer, the step and the RNG states; the data of a step is a pure 
 
 from __future__ import annotations
 
-import errno
-import json
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,9 +26,11 @@ from scaleflow.distributed import Group, any_rank, env_group, mean, setup, teard
 from scaleflow.data import batch_offsets, check_length, gather, load_corpus, validation_offsets
 from scaleflow.errors import ConfigError, StoreError
 from scaleflow.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
-from scaleflow.files import read_jsonl, write_json, write_text
+from scaleflow.files import read_jsonl, write_text
 from scaleflow.model import GPT
 from scaleflow.plan import check_length as check_run_length, run_steps
+from scaleflow.run_files import (append_metrics, json_line, set_aside_earlier_results, truncate_metrics, write_config,
+                                 write_summary)
 
 DEFAULT_STEPS = 200  # run length when none of trainer.steps/tokens/flops is given
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s
@@ -112,6 +111,44 @@ def evaluate(model, corpus, cfg, device, autocast) -> float:
     return total / n
 
 
+@dataclass
+class Session:
+    """What one training process holds: where it runs, its data, model and optimizer."""
+
+    device: torch.device
+    group: Group
+    corpus: object  # scaleflow.data.Corpus
+    model: GPT
+    optimizer: torch.optim.AdamW
+    step_model: torch.nn.Module  # the model as the step runs it (compiled, DDP-wrapped)
+    autocast: Callable
+    noise: Optional[object]  # scaleflow.noise_scale.NoiseScaleEMA when trainer.noise_scale
+
+
+def start_session(cfg) -> Session:
+    """Device, process group, corpus, model (seeded) and optimizer of a run."""
+    t = cfg.trainer
+    group_env = env_group()
+    device = pick_device(cfg.device if not group_env.active or cfg.device != "auto" else _rank_device(group_env))
+    group = setup(t.world_size, device)
+    corpus = load_corpus(cfg.data, cfg.model.vocab_size)
+    check_length(corpus, cfg.model.seq_len)
+    torch.manual_seed(cfg.seed)
+    model = GPT(OmegaConf.to_object(cfg.model) if isinstance(cfg.model, DictConfig) else cfg.model).to(device)
+    optimizer = build_optimizer(model, cfg, device)
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    step_model = torch.compile(model) if t.compile else model
+    if group.active:
+        step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+    noise = None
+    if t.noise_scale:
+        from scaleflow.noise_scale import NoiseScaleEMA
+
+        noise = NoiseScaleEMA()
+    return Session(device, group, corpus, model, optimizer, step_model, autocast, noise)
+
+
 def train(
     cfg,
     run_dir: Path,
@@ -130,144 +167,143 @@ def train(
     init_from: (decay branches) the parent trunk's checkpoint to start from when the run has
       none of its own; the trunk's metrics up to the fork are copied in.
     """
-    run_dir = Path(run_dir)
-    started = time.time()
-    plan = plan_run(cfg)
-    t = cfg.trainer
-    group_env = env_group()
-    device = pick_device(cfg.device if not group_env.active or cfg.device != "auto" else _rank_device(group_env))
-    group = setup(t.world_size, device)
-    corpus = load_corpus(cfg.data, cfg.model.vocab_size)
-    check_length(corpus, cfg.model.seq_len)
+    run_dir, started, plan, t = Path(run_dir), time.time(), plan_run(cfg), cfg.trainer
+    s = start_session(cfg)
     this_id = run_id(cfg)
-    if group.is_main:
-        _write_config(run_dir, cfg, this_id)
+    if s.group.is_main:
+        write_config(run_dir, cfg, this_id)
         if not cfg.resume:
-            _set_aside_earlier_results(run_dir)
-
-    torch.manual_seed(cfg.seed)
-    model = GPT(OmegaConf.to_object(cfg.model) if isinstance(cfg.model, DictConfig) else cfg.model).to(device)
-    optimizer = build_optimizer(model, cfg, device)
-    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    step_model = torch.compile(model) if t.compile else model
-    if group.active:
-        step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None)
-
+            set_aside_earlier_results(run_dir)
     metrics_path = run_dir / "metrics.jsonl"
-    log = (lambda line: _log(metrics_path, line)) if group.is_main else (lambda line: None)
-    fork_steps = {s for s in fork_steps if 0 < s <= plan.steps}
+    log = (lambda line: append_metrics(metrics_path, line)) if s.group.is_main else (lambda line: None)
     stop_at = until if 0 < until < plan.steps else plan.steps
-    noise = None
-    if t.noise_scale:
-        from scaleflow.noise_scale import NoiseScaleEMA
-
-        noise = NoiseScaleEMA()
+    keep = {step for step in fork_steps if 0 < step <= plan.steps} | {stop_at}
     state = {"initial_loss": None, "run_id": this_id}
-    start = 0
-    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
-    if ckpt is not None and ckpt.get("run_id") != this_id:
-        raise StoreError(f"{run_dir} holds checkpoints of another config (run {ckpt.get('run_id')}, not {this_id})")
-    if ckpt is None and init_from is not None:
-        ckpt = _fork(init_from, metrics_path if group.is_main else None)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if ckpt["rng_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
-        start, state["initial_loss"] = ckpt["step"], ckpt["initial_loss"]
-        if noise is not None and ckpt.get("noise_scale"):
-            noise.load_state_dict(ckpt["noise_scale"])
-        if group.is_main:
-            _truncate_metrics(metrics_path, start)
-    else:
-        if group.is_main:
-            metrics_path.unlink(missing_ok=True)
-        log({"step": 0, "tokens": 0, "flops": 0.0, "lr": 0.0, "val_loss": evaluate(model, corpus, cfg, device, autocast)})
-
-    def checkpoint(step: int) -> None:
-        if group.is_main:
-            extra = {**state, "noise_scale": noise.state_dict() if noise is not None else {}}
-            save_checkpoint(checkpoint_path(run_dir, step), model, optimizer, step, extra)
-            prune_checkpoints(run_dir, t.keep_checkpoints, fork_steps | {stop_at})
-
-    peak = peak_flops(device)
-    per_rank = t.batch_size // t.world_size
-    micro = per_rank // t.grad_accum
-    last_time, last_step = time.time(), start
+    start = resume_or_fork(s, cfg, run_dir, state, init_from, log)
+    checkpoint = lambda step: save_state(s, run_dir, step, state, t.keep_checkpoints, keep)
+    clock = Throughput(plan, s.device, start)
     status, diverged_step, step = "done", None, start
     for step in range(start, stop_at):
         done = step + 1
         is_log_step = done % t.log_every == 0 or done % t.eval_every == 0 or done in (1, plan.steps, stop_at)
         # Ranks must agree on stopping: single-process runs check every step, others at log steps.
-        if (not group.active or is_log_step) and any_rank(should_stop(), group, device):
+        if (not s.group.active or is_log_step) and any_rank(should_stop(), s.group, s.device):
             status = "interrupted"
             break
-        lr = lr_at(cfg, plan, step)
-        for param_group in optimizer.param_groups:
-            param_group["lr"] = lr * param_group["lr_mult"]
-        offsets = batch_offsets(cfg.seed, step, t.batch_size, len(corpus.train), cfg.model.seq_len)
-        offsets = offsets[group.rank * per_rank : (group.rank + 1) * per_rank]
-        train_loss, small_batch_sq = 0.0, None
-        for m in range(t.grad_accum):
-            x, y = gather(corpus.train, offsets[m * micro : (m + 1) * micro], cfg.model.seq_len)
-            sync = nullcontext() if not group.active or m == t.grad_accum - 1 else step_model.no_sync()
-            with sync, autocast():
-                _, loss = step_model(x.to(device), y.to(device))
-            with sync:
-                (loss / t.grad_accum).backward()
-            train_loss += loss.detach() / t.grad_accum
-            if noise is not None and m == 0:  # one micro-batch's gradient is g_1 / grad_accum
-                small_batch_sq = _grad_sq(model) * t.grad_accum**2
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        noise_scale = None
-        if noise is not None:
-            tokens_small, tokens_big = micro * cfg.model.seq_len, plan.tokens_per_step
-            noise_scale = noise.update(float(small_batch_sq), float(grad_norm) ** 2, tokens_small, tokens_big)
-
+        lr, train_loss, grad_norm, noise_scale = train_step(s, cfg, plan, step)
         if is_log_step:
-            loss_value = mean(train_loss, group).item()  # the one host sync, at log steps only
+            loss_value = mean(train_loss, s.group).item()  # the one host sync, at log steps only
             if state["initial_loss"] is None:
                 state["initial_loss"] = loss_value
-            now = time.time()
-            tokens_per_s = (done - last_step) * plan.tokens_per_step / max(now - last_time, 1e-9)
-            last_time, last_step = now, done
-            line = {
-                "step": done,
-                "tokens": done * plan.tokens_per_step,
-                "flops": done * plan.tokens_per_step * plan.flops_per_token,
-                "lr": lr,
-                "train_loss": loss_value,
-                "grad_norm": grad_norm.item(),
-                "tokens_per_s": tokens_per_s,
-                "mfu": tokens_per_s * plan.flops_per_token / peak if peak else None,
-            }
-            if noise is not None:
+            line = {"step": done, "tokens": done * plan.tokens_per_step,
+                    "flops": done * plan.tokens_per_step * plan.flops_per_token, "lr": lr,
+                    "train_loss": loss_value, "grad_norm": grad_norm.item(), **clock.at(done)}
+            if s.noise is not None:
                 line["grad_noise_scale"] = noise_scale
             if not math.isfinite(loss_value) or loss_value > t.divergence_factor * state["initial_loss"]:
-                line["diverged"] = True
-                log(line)
+                log({**line, "diverged": True})
                 status, diverged_step = "diverged", done
                 break
             if done % t.eval_every == 0 or done == plan.steps:
-                line["val_loss"] = evaluate(model, corpus, cfg, device, autocast)
+                line["val_loss"] = evaluate(s.model, s.corpus, cfg, s.device, s.autocast)
             log(line)
-        if done % t.checkpoint_every == 0 or done in fork_steps or done == stop_at:
+        if done % t.checkpoint_every == 0 or done in keep:
             checkpoint(done)
-
-    teardown(group)
+    teardown(s.group)
     if status == "interrupted":
         checkpoint(step)
         return {"status": status, "run_id": this_id, "step": step}
     if status == "done" and stop_at < plan.steps:
         return {"status": "stopped", "run_id": this_id, "step": stop_at}
-    if not group.is_main:
+    if not s.group.is_main:
         return {"status": status, "run_id": this_id}
-    return _write_summary(run_dir, cfg, plan, corpus, status, diverged_step, this_id, time.time() - started)
+    return write_summary(run_dir, cfg, plan, s.corpus, status, diverged_step, this_id, time.time() - started)
+
+
+def resume_or_fork(s: Session, cfg, run_dir: Path, state: dict, init_from: Optional["Fork"], log) -> int:
+    """Load the run's newest checkpoint (resume=true), else its trunk's fork checkpoint (a
+    decay branch), else start afresh with the step-0 evaluation; returns the step to start at."""
+    metrics_path = run_dir / "metrics.jsonl"
+    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is not None and ckpt.get("run_id") != state["run_id"]:
+        raise StoreError(f"{run_dir} holds checkpoints of another config "
+                         f"(run {ckpt.get('run_id')}, not {state['run_id']})")
+    if ckpt is None and init_from is not None:
+        ckpt = _fork(init_from, metrics_path if s.group.is_main else None)
+    if ckpt is None:
+        if s.group.is_main:
+            metrics_path.unlink(missing_ok=True)
+        log({"step": 0, "tokens": 0, "flops": 0.0, "lr": 0.0,
+             "val_loss": evaluate(s.model, s.corpus, cfg, s.device, s.autocast)})
+        return 0
+    s.model.load_state_dict(ckpt["model"])
+    s.optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng_cpu"])
+    if ckpt["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+    state["initial_loss"] = ckpt["initial_loss"]
+    if s.noise is not None and ckpt.get("noise_scale"):
+        s.noise.load_state_dict(ckpt["noise_scale"])
+    if s.group.is_main:
+        truncate_metrics(metrics_path, ckpt["step"])
+    return ckpt["step"]
+
+
+def train_step(s: Session, cfg, plan: Plan, step: int):
+    """One optimizer step on the global batch of `step` (this rank's share, in micro-batches);
+    (lr, mean train loss as a tensor, gradient norm before clipping, noise scale or None)."""
+    t = cfg.trainer
+    per_rank = t.batch_size // t.world_size
+    micro = per_rank // t.grad_accum
+    lr = lr_at(cfg, plan, step)
+    for param_group in s.optimizer.param_groups:
+        param_group["lr"] = lr * param_group["lr_mult"]
+    offsets = batch_offsets(cfg.seed, step, t.batch_size, len(s.corpus.train), cfg.model.seq_len)
+    offsets = offsets[s.group.rank * per_rank : (s.group.rank + 1) * per_rank]
+    train_loss, small_batch_sq = 0.0, None
+    for m in range(t.grad_accum):
+        x, y = gather(s.corpus.train, offsets[m * micro : (m + 1) * micro], cfg.model.seq_len)
+        sync = nullcontext() if not s.group.active or m == t.grad_accum - 1 else s.step_model.no_sync()
+        with sync, s.autocast():
+            _, loss = s.step_model(x.to(s.device), y.to(s.device))
+        with sync:
+            (loss / t.grad_accum).backward()
+        train_loss += loss.detach() / t.grad_accum
+        if s.noise is not None and m == 0:  # one micro-batch's gradient is g_1 / grad_accum
+            small_batch_sq = _grad_sq(s.model) * t.grad_accum**2
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), clip)
+    s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    noise_scale = None
+    if s.noise is not None:
+        tokens_small, tokens_big = micro * cfg.model.seq_len, plan.tokens_per_step
+        noise_scale = s.noise.update(float(small_batch_sq), float(grad_norm) ** 2, tokens_small, tokens_big)
+    return lr, train_loss, grad_norm, noise_scale
+
+
+def save_state(s: Session, run_dir: Path, step: int, state: dict, keep_last: int, keep: set[int]) -> None:
+    """Checkpoint at `step` (rank 0), then prune to the newest `keep_last` plus the steps in `keep`
+    (fork steps and the run's last step)."""
+    if s.group.is_main:
+        extra = {**state, "noise_scale": s.noise.state_dict() if s.noise is not None else {}}
+        save_checkpoint(checkpoint_path(run_dir, step), s.model, s.optimizer, step, extra)
+        prune_checkpoints(run_dir, keep_last, keep)
+
+
+class Throughput:
+    """tokens/s and MFU over each log interval (wall clock: logged, never compared)."""
+
+    def __init__(self, plan: Plan, device: torch.device, start: int):
+        self.plan, self.peak = plan, peak_flops(device)
+        self.last_time, self.last_step = time.time(), start
+
+    def at(self, done: int) -> dict:
+        now = time.time()
+        tokens_per_s = (done - self.last_step) * self.plan.tokens_per_step / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_step = now, done
+        mfu = tokens_per_s * self.plan.flops_per_token / self.peak if self.peak else None
+        return {"tokens_per_s": tokens_per_s, "mfu": mfu}
 
 
 def _rank_device(group: Group) -> str:
@@ -299,98 +335,7 @@ def _fork(fork: Fork, metrics_path: Optional[Path]) -> dict:
         return ckpt
     trunk_metrics = Path(fork.trunk_dir) / "metrics.jsonl"
     kept = [line for line in read_jsonl(trunk_metrics) if line.get("step", 0) <= ckpt["step"]]
-    write_text(metrics_path, "".join(_json_line(line) for line in kept))
+    write_text(metrics_path, "".join(json_line(line) for line in kept))
     return ckpt
 
 
-def _set_aside_earlier_results(run_dir: Path) -> None:
-    """resume=false starts a new run from step 0. What an earlier run left here moves to
-    previous/<n>/ (as `sweep --force` does): left in place, its summary would read as this
-    run's, and its checkpoints (often at later steps) would be what a later resume=true of
-    this run picks up."""
-    from scaleflow.store import archive
-
-    if any((run_dir / name).exists() for name in ("summary.json", "metrics.jsonl", "checkpoints")):
-        archive(run_dir)
-
-
-def _write_config(run_dir: Path, cfg, this_id: str) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    text = OmegaConf.to_yaml(cfg) if isinstance(cfg, DictConfig) else OmegaConf.to_yaml(OmegaConf.structured(cfg))
-    path = run_dir / "config.yaml"
-    if not path.exists() or path.read_text() != text:
-        write_text(path, text)
-    write_text(run_dir / "run_id", this_id + "\n")
-
-
-def _log(path: Path, line: dict) -> None:
-    """Append one metrics line. A torn last line (a kill mid-write) is skipped by readers."""
-    try:
-        with open(path, "a") as f:
-            f.write(_json_line(line))
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreError(f"no space left on the device to write {path}; the run can resume from its last checkpoint") from None
-        raise
-
-
-def _mean(values) -> Optional[float]:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def _json_line(line: dict) -> str:
-    return json.dumps(line) + "\n"
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metrics logged up to `step`: the steps after it will be logged again."""
-    kept = [line for line in read_jsonl(path) if line.get("step", 0) <= step]
-    write_text(path, "".join(_json_line(line) for line in kept))
-
-
-def _write_summary(run_dir, cfg, plan: Plan, corpus, status, diverged_step, this_id, wall) -> dict:
-    lines = list(read_jsonl(run_dir / "metrics.jsonl"))
-    evals = [line for line in lines if line.get("val_loss") is not None]
-    final = evals[-1] if evals and status == "done" else None
-    steps_done = lines[-1]["step"] if lines else 0
-    tokens = steps_done * plan.tokens_per_step
-    counts = plan.counts.as_dict()
-    summary = {
-        "status": status,
-        "run_id": this_id,
-        "steps": steps_done,
-        "planned_steps": plan.steps,
-        "tokens": tokens,
-        "flops": tokens * plan.flops_per_token,
-        "flop_count": cfg.trainer.flop_count,
-        "param_count": cfg.trainer.param_count,
-        "params": plan.counts.params(cfg.trainer.param_count),
-        "val_loss": final["val_loss"] if final else None,
-        "val_bpb": final["val_loss"] / math.log(2) if final and corpus.byte_level else None,
-        "initial_val_loss": lines[0].get("val_loss") if lines else None,
-        # Throughput over the log intervals after the first (which includes start-up).
-        "tokens_per_s": _mean(line.get("tokens_per_s") for line in lines[2:]),
-        "mfu": _mean(line.get("mfu") for line in lines[2:]),
-        "diverged_step": diverged_step,
-        "wall_time_s": wall,
-        # The settings the collector needs, so that it never has to parse config.yaml.
-        "seed": cfg.seed,
-        "lr": cfg.optim.lr,
-        "batch_size": cfg.trainer.batch_size,
-        "batch_tokens": plan.tokens_per_step,
-        "seq_len": cfg.model.seq_len,
-        "n_layer": cfg.model.n_layer,
-        "d_model": cfg.model.d_model,
-        "n_head": cfg.model.n_head,
-        "parametrization": cfg.model.parametrization,
-        "schedule": cfg.schedule.name,
-        "decay_shape": cfg.schedule.decay_shape if cfg.schedule.name == "wsd" else None,
-        "decay_fraction": cfg.schedule.decay_fraction if cfg.schedule.name == "wsd" else None,
-        **{k: v for k, v in counts.items() if k.startswith("params_")},
-        **{k: v * tokens for k, v in counts.items() if k.startswith("flops_")},
-    }
-    write_json(run_dir / "summary.json", summary)
-    return summary
