@@ -30,6 +30,22 @@ app.add_typer(sweep_app, name="sweep")
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
+
+
+@app.callback()
+def _global_options(
+    config_path: Annotated[Optional[list[Path]], typer.Option(
+        "--config-path", help="A folder of your own studies (STUDY.yaml) and config groups (model/, data/, ...), "
+        "searched before the built-in ones; repeatable. The same as $SCALEFLOW_CONFIG_PATH (':'-separated).",
+        show_default=False)] = None,
+) -> None:
+    from scaleflow.config import CONFIG_PATH_ENV
+
+    if config_path:
+        earlier = [p for p in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if p]
+        os.environ[CONFIG_PATH_ENV] = os.pathsep.join([*(str(p) for p in config_path), *earlier])
+
+
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="Hydra overrides, e.g. model.d_model=64 seed=1", show_default=False)]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan and its cost; launch nothing.")]
 Force = Annotated[bool, typer.Option("--force", help="Retrain finished runs too.")]
@@ -158,7 +174,7 @@ def _print_outcome(report) -> None:
         raise typer.Exit(EXIT_FAILED)
 
 
-StudyArgs = Annotated[Optional[list[str]], typer.Argument(help="[STUDY] then Hydra overrides; STUDY is a name from sweeps/ or a YAML path", show_default=False)]
+StudyArgs = Annotated[Optional[list[str]], typer.Argument(help="[STUDY] then Hydra overrides; STUDY is a YAML path, or a name from --config-path folders or the built-in studies (scaleflow/sweeps/)", show_default=False)]
 
 
 @sweep_app.command("isoflop")

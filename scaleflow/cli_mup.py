@@ -27,7 +27,7 @@ def register(app: typer.Typer, console: Console) -> None:
         widths: Annotated[str, typer.Option("--widths", help="comma-separated d_model values")] = "32,64,128,256",
         steps: Annotated[int, typer.Option("--steps", help="AdamW steps on the fixed batch")] = 5,
         lr: Annotated[Optional[float], typer.Option(
-            "--lr", help="constant learning rate; default: the config's optim.lr (3e-3 in conf/optim/adamw.yaml)",
+            "--lr", help="constant learning rate; default: the config's optim.lr (3e-3 in scaleflow/conf/optim/adamw.yaml)",
             show_default=False)] = None,
         base_width: Annotated[Optional[int], typer.Option(
             "--base-width", help="muP base width d_base; default: the narrowest width", show_default=False)] = None,

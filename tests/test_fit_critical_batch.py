@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from scaleflow.errors import FitError
-from scaleflow.fit.critical_batch import CriticalBatchFitter, first_reach, fit_tradeoff
+from scaleflow.fit.critical_batch import CriticalBatchFitter
+from scaleflow.fit.tradeoff import first_reach, fit_tradeoff
 
 B_STAR, ALPHA_B = 2e6, 0.21  # B_crit(L) in tokens: about 1e4 at L = 3
 SEQ = 64

@@ -18,7 +18,7 @@ from scaleflow.fit.isoflop import simulate
 from scaleflow.fit.laws import ChinchillaLaw
 
 TRUE = ChinchillaLaw(**TRUE_LAW_PARAMS)
-DEMO_STUDY = Path(__file__).parent.parent / "sweeps" / "isoflop_cpu.yaml"
+DEMO_STUDY = Path(__file__).parent.parent / "scaleflow" / "sweeps" / "isoflop_cpu.yaml"
 SHAPES = "[{n_layer: 1, d_model: 8, n_head: 1}, {n_layer: 1, d_model: 16, n_head: 2}, " \
          "{n_layer: 1, d_model: 24, n_head: 2}, {n_layer: 2, d_model: 32, n_head: 2}]"
 

@@ -1,4 +1,4 @@
-"""The muP presets (conf/model/mup/*.yaml) as Hydra overrides: model/mup=cerebras | minicpm."""
+"""The muP presets (scaleflow/conf/model/mup/*.yaml) as Hydra overrides: model/mup=cerebras | minicpm."""
 
 from __future__ import annotations
 

@@ -31,7 +31,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from scaleflow.errors import FitError
-from scaleflow.fit.laws import DOUBTFUL, OK, Law, jsonable, loglinear, numeric_column, percentile_interval, resample_weights
+from scaleflow.fit.laws import DOUBTFUL, OK, Law, jsonable, loglinear, percentile_interval, resample_weights
+from scaleflow.fit.tables import numeric_column
+from scaleflow.fit.tradeoff import first_reach, fit_tradeoff, running_median
 
 NO_NOISE_SCALE = ("no grad_noise_scale in the training history: train with trainer.noise_scale=true "
                   "trainer.grad_accum>=2 (a micro-batch is the small batch of the estimator)")
@@ -152,48 +154,6 @@ class CriticalBatchResult:
 
 # ----------------------------------------------------------------------------- helpers
 
-def _smooth(y: np.ndarray, window: int) -> np.ndarray:
-    """Centred running median (shrinking at the ends); no lag on a steady trend."""
-    if window <= 1 or len(y) < 3:
-        return y.copy()
-    h = window // 2
-    return np.array([np.median(y[max(0, i - h):i + h + 1]) for i in range(len(y))])
-
-
-def first_reach(steps: np.ndarray, loss: np.ndarray, target: float) -> float:
-    """First step at which the non-increasing envelope of `loss` reaches `target`, linearly
-    interpolated between log lines; NaN if never reached or already reached at the first line."""
-    env = np.minimum.accumulate(loss)
-    hit = np.flatnonzero(env <= target)
-    if not len(hit) or hit[0] == 0:
-        return math.nan
-    k = hit[0]
-    l0, l1 = env[k - 1], env[k]
-    return float(steps[k - 1] + (steps[k] - steps[k - 1]) * (l0 - target) / (l0 - l1))
-
-
-def fit_tradeoff(batch: np.ndarray, steps: np.ndarray, n_bootstrap: int = 200,
-                 seed: int = 0) -> tuple[float, float, np.ndarray]:
-    """(S_min, E_min, (R, 2) replicates) of S = S_min + E_min / B by least squares on S's
-    relative residuals; replicates resample the residuals (none with 2 batch sizes)."""
-    B, S = np.asarray(batch, float), np.asarray(steps, float)
-    A = np.column_stack([np.ones_like(B), 1.0 / B]) / S[:, None]
-    coef = np.linalg.lstsq(A, np.ones_like(S), rcond=None)[0]
-    if len(B) <= 2 or not n_bootstrap:
-        return float(coef[0]), float(coef[1]), np.empty((0, 2))
-    fitted = coef[0] + coef[1] / B
-    if not (fitted > 0).all():
-        return float(coef[0]), float(coef[1]), np.empty((0, 2))
-    r = np.log(S / fitted) * math.sqrt(len(B) / (len(B) - 2))
-    rng = np.random.default_rng(seed)
-    Sb = fitted * np.exp(r[rng.integers(0, len(B), size=(n_bootstrap, len(B)))])  # (R, n)
-    X = np.column_stack([np.ones_like(B), 1.0 / B])  # solve each replicate's 2x2 normal equations
-    W = 1.0 / Sb**2
-    G = np.einsum("rn,ni,nj->rij", W, X, X)
-    rhs = np.einsum("rn,ni,rn->ri", W, X, Sb)
-    return float(coef[0]), float(coef[1]), np.linalg.solve(G, rhs[..., None])[..., 0]
-
-
 def _runs_of(history, table):
     """History restricted to the table's runs (when both name them), sorted by run and step."""
     h = history
@@ -263,7 +223,7 @@ class CriticalBatchFitter:
         for rid, g in h.groupby("run_id", sort=True):
             steps, loss, ns = _col(g, "step"), _col(g, "train_loss"), _col(g, "grad_noise_scale")
             ok = np.isfinite(loss) & (loss > 0)
-            steps, loss, ns = steps[ok], _smooth(loss[ok], self.smooth), ns[ok]
+            steps, loss, ns = steps[ok], running_median(loss[ok], self.smooth), ns[ok]
             keep = np.isfinite(ns) & (ns > 0) & (steps >= self.skip_fraction * (steps.max() if len(steps) else 0))
             run += [rid] * int(keep.sum())
             block += [f"{rid}/{int(v // max(1, self.block_steps))}" for v in steps[keep]]
@@ -359,7 +319,7 @@ class CriticalBatchFitter:
             ok = np.isfinite(s) & np.isfinite(y) & (s > 0)
             if ok.sum() < 3:
                 continue
-            y = y[ok] if use_val else _smooth(y[ok], self.smooth)
+            y = y[ok] if use_val else running_median(y[ok], self.smooth)
             curves.setdefault(float(batch_of[rid]), []).append((s[ok], y))
         if len(curves) < 2:
             raise FitError(f"fewer than 2 batch sizes have a {column} curve of 3 or more log lines")

@@ -18,7 +18,8 @@ import numpy as np
 
 from scaleflow.errors import FitError
 from scaleflow.fit.doubt import unpinned_exponent
-from scaleflow.fit.laws import DOUBTFUL, OK, AllocationLaw, PowerLaw, check_table, jsonable, resample_weights
+from scaleflow.fit.laws import DOUBTFUL, OK, AllocationLaw, PowerLaw, jsonable, resample_weights
+from scaleflow.fit.tables import check_table
 
 
 @dataclass(frozen=True, eq=False)

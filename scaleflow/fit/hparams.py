@@ -17,7 +17,8 @@ import numpy as np
 
 from scaleflow.errors import FitError
 from scaleflow.fit.isoflop import group_budgets
-from scaleflow.fit.laws import DOUBTFUL, OK, PowerLaw, check_table, jsonable, resample_weights
+from scaleflow.fit.laws import DOUBTFUL, OK, PowerLaw, jsonable, resample_weights
+from scaleflow.fit.tables import check_table
 
 
 @dataclass(frozen=True, eq=False)

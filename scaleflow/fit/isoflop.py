@@ -33,8 +33,8 @@ import numpy as np
 
 from scaleflow.errors import FitError
 from scaleflow.fit.doubt import unpinned_exponent
-from scaleflow.fit.laws import (DOUBTFUL, OK, REFUSED, AllocationLaw, PowerLaw, check_table, jsonable,
-                                resample_weights)
+from scaleflow.fit.laws import DOUBTFUL, OK, REFUSED, AllocationLaw, PowerLaw, jsonable, resample_weights
+from scaleflow.fit.tables import check_table
 
 EDGE = 0.8  # minimum beyond this fraction of the half-range from the centre: "near the edge"
 SHAPE_RANGE = (0.05, 2.5)  # range searched for the shape exponents alpha, beta

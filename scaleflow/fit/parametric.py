@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from scaleflow.fit.doubt import unpinned, with_problems
-from scaleflow.fit.laws import DOUBTFUL, OK, ChinchillaLaw, check_table, resample_weights
+from scaleflow.fit.laws import DOUBTFUL, OK, ChinchillaLaw, resample_weights
+from scaleflow.fit.tables import check_table
 
 TIGHT = {"ftol": 1e-15, "gtol": 1e-12}
 # Epoch AI's start grid, theta order (e, a, b, alpha, beta): 5 x 6 x 6 x 5 x 5 = 4,500 starts.

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from scaleflow.fit.doubt import unpinned, with_problems
-from scaleflow.fit.laws import SaturatingPowerLaw, check_table
+from scaleflow.fit.laws import SaturatingPowerLaw
+from scaleflow.fit.tables import check_table
 from scaleflow.fit.parametric import theta_to_params, bootstrap_lse, fit_lse, theta_status
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from scaleflow.errors import FitError
-from scaleflow.fit.laws import check_table, numeric_column
+from scaleflow.fit.tables import check_table, numeric_column
 from scaleflow.fit.types import PARAM_COUNTS, SIX_ND, FitData, FitOptions
 
 def load_source(source: str | Path):

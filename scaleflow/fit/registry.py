@@ -51,7 +51,7 @@ APPROACHES = {"approach3": _approach3, "approach2": _approach2, "approach1": _ap
 
 def _chinchilla(data: FitData, o: FitOptions) -> dict[str, Any]:
     """Every approach the data supports; the reasons of the others go to `skipped`."""
-    from scaleflow.fit.laws import check_table
+    from scaleflow.fit.tables import check_table
 
     check_table(data.table, ("params", "tokens", "loss"), 1, "the chinchilla fits")
     results, skipped = {}, {}

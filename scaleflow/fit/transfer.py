@@ -1,6 +1,6 @@
 """Does the best learning rate transfer across width? (`scaleflow fit --law lr-transfer`)
 
-docs/science.md section 7. Input: one row per run of an LR x width grid (`sweeps/mup_transfer_*`),
+docs/science.md section 7. Input: one row per run of an LR x width grid (`scaleflow/sweeps/mup_transfer_*`),
 columns `lr`, `d_model` (the width), `loss` (final loss, nats/token), optional
 `parametrization` ('sp' | 'mup'; one group "all" without it) and `diverged` (such runs are
 left out and listed; a non-finite loss counts as diverged). Repeated runs of one
@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from scaleflow.errors import FitError
-from scaleflow.fit.laws import DOUBTFUL, OK, jsonable, numeric_column, require_columns
+from scaleflow.fit.laws import DOUBTFUL, OK, jsonable
+from scaleflow.fit.tables import numeric_column, require_columns
 
 EDGE_LOW, EDGE_HIGH, BELOW_DIVERGENCE = "edge_low", "edge_high", "below_divergence"
 

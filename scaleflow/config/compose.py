@@ -1,0 +1,148 @@
+"""Composing configs with Hydra: the built-in config groups and studies (scaleflow/conf/,
+scaleflow/sweeps/), the user's folders on the search path, overrides; every result typed and
+validated, every error one line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from scaleflow.config.schema import Config
+from scaleflow.config.validate import validate
+from scaleflow.errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # scaleflow/
+CONF_DIR = PACKAGE_DIR / "conf"  # the built-in config groups (model/, data/, optim/, ...)
+SWEEPS_DIR = PACKAGE_DIR / "sweeps"  # the built-in studies
+#: Folders of a user's own studies and config groups, searched before the built-in ones
+#: (`scaleflow --config-path DIR` sets it for one command).
+CONFIG_PATH_ENV = "SCALEFLOW_CONFIG_PATH"
+
+
+def _register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def _hydra_message(exc: BaseException) -> str:
+    """One line from a Hydra/OmegaConf exception and its causes."""
+    parts = []
+    while exc is not None:
+        text = str(exc).strip().splitlines()
+        if text and text[0] not in parts:
+            parts.append(text[0])
+        exc = exc.__cause__ or exc.__context__
+    return ": ".join(parts) or "invalid configuration"
+
+
+def _compose(config_dir: Path, name: str, overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    _register_schema()
+    GlobalHydra.instance().clear()
+    folders = [d for d in (*search_path(), CONF_DIR) if d != config_dir]
+    extra = [f"hydra.searchpath=[{','.join(f'file://{d}' for d in folders)}]"] if folders else []
+    try:
+        with initialize_config_dir(str(config_dir), version_base=None):
+            cfg = compose(name, overrides=extra + list(overrides))
+    except _error_types() as exc:
+        raise ConfigError(_hydra_message(exc)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    with _config_errors():
+        OmegaConf.set_struct(cfg, True)
+        validate(cfg)
+    return cfg
+
+
+def _error_types() -> tuple:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return (HydraException, OmegaConfBaseException, ValueError, TypeError, KeyError)
+
+
+class _config_errors:
+    """Context manager turning OmegaConf errors into ConfigError."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if exc is not None and isinstance(exc, _error_types()) and not isinstance(exc, ConfigError):
+            raise ConfigError(_hydra_message(exc)) from None
+        return False
+
+
+def compose_run(overrides: list[str] = ()) -> DictConfig:
+    """The config of one training run: scaleflow/conf/config.yaml plus Hydra overrides."""
+    return _compose(CONF_DIR, "config", list(overrides))
+
+
+def search_path() -> list[Path]:
+    """The user's config folders, from $SCALEFLOW_CONFIG_PATH (separated by ':'), in order."""
+    folders = [Path(p).expanduser().resolve() for p in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if p]
+    for folder in folders:
+        if not folder.is_dir():
+            raise ConfigError(f"{CONFIG_PATH_ENV} names {folder}, which is not a folder")
+    return folders
+
+
+def _study_folders() -> list[Path]:
+    return [*search_path(), SWEEPS_DIR]
+
+
+def study_names() -> list[str]:
+    return sorted({p.stem for folder in _study_folders() for p in folder.glob("*.yaml") if p.stem != "config"})
+
+
+def find_study(study: str) -> Path:
+    """A study file: a path to a YAML file, or a name looked up in the search path's folders,
+    then among the built-in studies."""
+    path = Path(study)
+    if path.suffix in (".yaml", ".yml") or "/" in study:
+        if not path.is_file():
+            raise ConfigError(f"study file {study} does not exist")
+        return path.resolve()
+    for folder in _study_folders():
+        if (folder / f"{study}.yaml").is_file():
+            return folder / f"{study}.yaml"
+    raise ConfigError(f"unknown study {study!r}; choose one of {', '.join(study_names())} or give a YAML path")
+
+
+def compose_study(study: str, overrides: list[str] = ()) -> DictConfig:
+    """A study: its YAML file (which lists `config` in its defaults) plus overrides."""
+    path = find_study(study)
+    return _compose(path.parent, path.stem, list(overrides))
+
+
+def typed_config(values: Any) -> DictConfig:
+    """A plain dict (or loaded YAML) as a typed, validated Config."""
+    with _config_errors():
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), values)
+        OmegaConf.set_struct(cfg, True)
+        validate(cfg)
+    return cfg
+
+
+def typed_values(schema: type, values: dict, what: str) -> dict:
+    """`values` (fields of the config dataclass `schema`) type-checked and converted as
+    typed_config does for a whole run: a planner checks what it takes from untyped study
+    fields (study.shapes, study.decay_variants) with this, once each."""
+    try:
+        with _config_errors():
+            return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def load_run_config(path: Path) -> DictConfig:
+    """A run's resolved config.yaml, checked against the schema."""
+    with _config_errors():
+        values = OmegaConf.load(path)
+    return typed_config(values)

@@ -1,0 +1,219 @@
+"""The config schema: one dataclass per config group (Hydra structured configs), with units in
+the field comments. FLOPs are floating-point operations, tokens are tokens (bytes for
+byte-level corpora), batch sizes are in sequences unless a name says tokens."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from scaleflow.errors import ConfigError
+
+PARAM_COUNTS = ("non_embedding", "with_head", "total")
+FLOP_COUNTS = ("6n_non_embedding", "6n_with_head", "6n_total", "deepseek", "chinchilla")
+
+
+
+@dataclass
+class MupConfig:
+    base_width: int = 256  # d_base: the width at which muP equals SP
+    input_mult: float = 1.0  # alpha_in: embeddings output x alpha_in
+    output_mult: float = 1.0  # alpha_out: logits x alpha_out / m
+    zero_readout: bool = False  # zero-initialise the unembedding
+    zero_query: bool = False  # zero-initialise the query projection
+    scale_depth: float = 0.0  # MiniCPM: block output x scale_depth / sqrt(n_layer); 0 = off
+    weight_decay_scaling: str = "width"  # "width": lambda x m (keeps eta*lambda fixed); "none"
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 2
+    d_model: int = 64
+    n_head: int = 4
+    d_ff: int = 0  # MLP hidden width; 0 means 4 d_model (GELU) or 8/3 d_model rounded (SwiGLU)
+    vocab_size: int = 256  # tokens; 256 for the byte-level corpora
+    seq_len: int = 128  # tokens per sequence
+    norm: str = "rmsnorm"  # rmsnorm | layernorm
+    bias: bool = False
+    mlp: str = "gelu"  # gelu | swiglu
+    tie_embeddings: bool = True
+    qk_norm: bool = False
+    pos: str = "rope"  # rope | learned
+    parametrization: str = "sp"  # sp | mup
+    init_std: float = 0.02
+    mup: MupConfig = field(default_factory=MupConfig)
+
+    def __post_init__(self) -> None:
+        validate_model(self)
+
+    @property
+    def ff_width(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        if self.mlp == "swiglu":
+            return int(math.ceil(8 * self.d_model / 3 / 8) * 8)
+        return 4 * self.d_model
+
+
+def choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(str, choices))}")
+
+
+
+def validate_model(m: Any) -> None:
+    """Checks shared by the dataclass and composed DictConfigs (Hydra skips __post_init__)."""
+    for name in ("n_layer", "d_model", "n_head", "vocab_size", "seq_len"):
+        if getattr(m, name) < 1:
+            raise ConfigError(f"model.{name} must be positive, got {getattr(m, name)}")
+    if m.d_model % m.n_head:
+        raise ConfigError(
+            f"model.d_model={m.d_model} is not divisible by model.n_head={m.n_head}"
+        )
+    if m.pos == "rope" and (m.d_model // m.n_head) % 2:
+        raise ConfigError(f"rotary positions need an even head size, got {m.d_model // m.n_head}")
+    choice("model.norm", m.norm, ("rmsnorm", "layernorm"))
+    choice("model.mlp", m.mlp, ("gelu", "swiglu"))
+    choice("model.pos", m.pos, ("rope", "learned"))
+    choice("model.parametrization", m.parametrization, ("sp", "mup"))
+    if m.parametrization == "mup" and m.mup.base_width > m.d_model:
+        raise ConfigError(
+            f"model.mup.base_width={m.mup.base_width} is larger than model.d_model={m.d_model}"
+        )
+    if m.parametrization == "mup" and m.mup.zero_readout and m.tie_embeddings:
+        raise ConfigError(
+            "model.mup.zero_readout=true needs model.tie_embeddings=false: a tied readout is the "
+            "token embedding, which cannot start at zero"
+        )
+
+
+@dataclass
+class DataConfig:
+    kind: str = "stdlib"  # stdlib | text | tokens
+    paths: list[str] = field(default_factory=list)  # text or token files (globs allowed)
+    val_paths: list[str] = field(default_factory=list)  # tokens: validation files; else split
+    token_dtype: str = "uint16"  # tokens: uint16 | uint32
+    val_fraction: float = 0.05  # share of files (stdlib, text) held out for validation
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3  # peak learning rate
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # decoupled (AdamW), applied to matrices only
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    # Per-group LR multipliers on top of the parametrization's own rules.
+    lr_mult_embedding: float = 1.0
+    lr_mult_hidden: float = 1.0
+    lr_mult_readout: float = 1.0
+    lr_mult_vector: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # constant | cosine | wsd | multistep
+    warmup_steps: int = -1  # optimizer steps of linear warmup; -1 = 5% of the run
+    warmup_tokens: float = 0.0  # alternative absolute warmup length in tokens (wins if > 0)
+    final_lr_fraction: float = 0.1  # cosine/wsd: final LR as a fraction of the peak
+    decay_fraction: float = 0.2  # wsd: decay over the last fraction f of the run
+    decay_shape: str = "1-sqrt"  # wsd: linear | cosine | 1-sqrt | exponential
+
+
+@dataclass
+class TrainerConfig:
+    batch_size: int = 16  # sequences per optimizer step (global, all micro-batches)
+    grad_accum: int = 1  # micro-batches per step
+    steps: int = 0  # length in optimizer steps ...
+    tokens: float = 0.0  # ... or in training tokens ...
+    flops: float = 0.0  # ... or in training FLOPs (counted with flop_count); one of the three
+    flop_count: str = "6n_with_head"  # which FLOPs-per-token count measures compute
+    param_count: str = "with_head"  # which N a study reports and plans with
+    eval_every: int = 100  # steps between validation evaluations (and at the end)
+    eval_sequences: int = 64  # validation sequences (fixed set)
+    log_every: int = 10  # steps between metrics.jsonl lines
+    checkpoint_every: int = 100  # steps between checkpoints
+    keep_checkpoints: int = 2  # periodic checkpoints kept (fork checkpoints are always kept)
+    divergence_factor: float = 3.0  # stop as diverged if train loss > factor x initial loss
+    noise_scale: bool = False  # log the gradient noise scale (needs grad_accum >= 2)
+    compile: bool = False  # torch.compile the model (CUDA)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    world_size: int = 1  # data-parallel processes
+    # A decay-branch trunk: constant LR after an absolute warmup, so its length is not part of
+    # its identity and it can be extended to serve larger budgets later.
+    extendable: bool = False
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    kind: str = "isoflop"  # isoflop | lr_bs | decay_branches | mup_transfer
+    budgets: list[float] = field(default_factory=list)  # training FLOPs per budget
+    # The model ladder: explicit shapes, each a dict of model.* overrides ...
+    shapes: list[Any] = field(default_factory=list)
+    # ... or a width/depth rule: every (width, depth) whose aspect ratio d_model / n_layer
+    # lies in [aspect_min, aspect_max].
+    widths: list[int] = field(default_factory=list)
+    depths: list[int] = field(default_factory=list)
+    aspect_min: float = 0.0
+    aspect_max: float = 1e9
+    head_size: int = 16  # n_head = d_model / head_size for rule-made shapes
+    min_steps: int = 50  # skip a model whose run at a budget would be shorter than this
+    max_tokens_per_param: float = 0.0  # skip (N, C) pairs above this ratio; 0 = no limit
+    lrs: list[float] = field(default_factory=list)  # lr_bs: peak learning rates
+    batch_sizes: list[int] = field(default_factory=list)  # lr_bs: sequences per step
+    throughput: float = 2e10  # FLOP/s assumed by --dry-run time estimates
+    # decay_branches: budgets in tokens, or as tokens-per-parameter multiples
+    branch_tokens: list[float] = field(default_factory=list)
+    branch_tokens_per_param: list[float] = field(default_factory=list)
+    branch_grid: str = ""  # "linear:MIN:MAX:N" or "geometric:MIN:MAX:N" (tokens)
+    decay_variants: list[Any] = field(default_factory=list)  # [{decay_shape, decay_fraction}]
+    # mup_transfer: LR x width grids, once per parametrization (the run length is trainer.*)
+    parametrizations: list[str] = field(default_factory=lambda: ["sp", "mup"])
+
+
+@dataclass
+class LauncherConfig:
+    name: str = "local"  # local | slurm
+    max_parallel: int = 0  # local: concurrent runs; 0 = one per GPU, or 2 on CPU
+    threads_per_run: int = 0  # local: torch threads per run; 0 = cores / max_parallel
+    # slurm
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time_min: int = 60  # minutes
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb: float = 0.0  # 0 = cluster default
+    constraint: str = ""
+    array_parallelism: int = 64
+    max_array_size: int = 1000  # chunk job arrays under the cluster's MaxArraySize
+    setup: list[str] = field(default_factory=list)  # lines run before the job (module load...)
+    extra: dict[str, Any] = field(default_factory=dict)  # extra sbatch parameters
+    signal_delay_s: int = 90  # seconds before the time limit that submitit signals the job
+    python: str = ""  # interpreter on the nodes; "" = this one
+
+
+@dataclass
+class Config:
+    """A run (model, data, optim, schedule, trainer) plus, for sweeps, the study and launcher."""
+
+    run_dir: str = ""  # where `scaleflow train` writes; "" = runs/train/<run id>
+    study_dir: str = ""  # where a study lives; "" = runs/<study name>
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    resume: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+
+
+# --------------------------------------------------------------------------- composition
