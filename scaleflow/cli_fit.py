@@ -16,6 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from scaleflow.errors import FitError
+from scaleflow.fit.defaults import HUBER_DELTA, N_BOOTSTRAP
 from scaleflow.fit.registry import law_help
 
 Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object to stdout.")]
@@ -78,8 +79,8 @@ def fit(
                                                  "the mapped names, e.g. \"loss < 3.43\".")] = None,
     param_count: Annotated[Optional[str], typer.Option("--param-count", help="Which N: non_embedding, "
                                                        "with_head or total (uses column params_<choice>).")] = None,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap replicates for intervals.")] = 200,
-    huber_delta: Annotated[float, typer.Option("--huber-delta", min=0.0, help="Huber delta on log loss.")] = 1e-3,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap replicates for intervals.")] = N_BOOTSTRAP,
+    huber_delta: Annotated[float, typer.Option("--huber-delta", min=0.0, help="Huber delta on log loss.")] = HUBER_DELTA,
     predict: Annotated[Optional[str], typer.Option("--predict", help="FLOP budgets to predict, e.g. 1e21,1e22.")] = None,
     holdout_largest: Annotated[bool, typer.Option("--holdout-largest", help="Backtest: fit without the largest "
                                                   "budget, compare with what it measured.")] = False,

@@ -15,7 +15,7 @@ ratio (4 for GELU by default), so every hidden dimension scales with the width. 
 from the config, so the head size grows with the width (muP scores Q K^T / d_head for that).
 With --seeds N the check repeats with N inits and N fixed batches and averages mean |x|.
 
-Measured (README.md, "muP: one learning rate for every width"): muP curves are flat to within noise except a mild, systematic
+Measured (docs/mup.md): muP curves are flat to within noise except a mild, systematic
 shrink of the attention outputs between the narrowest widths (a finite-width effect: the ratio
 from 256 to 512 is close to 1); SP's hidden activations grow roughly like width^1 to width^2.
 """

@@ -1,4 +1,4 @@
-"""muP's per-role rules (README "muP" table; Yang et al., Tensor Programs V, Table 3 for Adam),
+"""muP's per-role rules (docs/mup.md table; Yang et al., Tensor Programs V, Table 3 for Adam),
 checked directly on GPT.param_groups and the initialisation against hand-computed numbers.
 
 The model: 2 layers, d_model 256, base width 64, so the width multiplier is m = 256 / 64 = 4,

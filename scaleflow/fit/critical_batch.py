@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from scaleflow.errors import FitError
+from scaleflow.fit.defaults import N_BOOTSTRAP
 from scaleflow.fit.laws import DOUBTFUL, OK, Law, jsonable, loglinear, percentile_interval, resample_weights
 from scaleflow.fit.tables import numeric_column
 from scaleflow.fit.tradeoff import first_reach, fit_tradeoff, running_median
@@ -177,7 +178,7 @@ def _col(df, name: str) -> np.ndarray:
 class CriticalBatchFitter:
     """`CriticalBatchFitter(n_bootstrap=200).fit(table, history)` -> (CriticalBatchResult, skipped)."""
 
-    n_bootstrap: int = 200
+    n_bootstrap: int = N_BOOTSTRAP
     seed: int = 0
     smooth: int = 5  # log lines in the running median of the train loss
     skip_fraction: float = 0.1  # of each run's steps left out of (a)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scaleflow.errors import FitError
+from scaleflow.fit.defaults import HUBER_DELTA
 from scaleflow.fit.doubt import unpinned_exponent
 from scaleflow.fit.laws import DOUBTFUL, OK, AllocationLaw, PowerLaw, jsonable, resample_weights
 from scaleflow.fit.tables import check_table
@@ -70,7 +71,7 @@ class EnvelopeFitter:
     n_grid: int = 60
     n_bootstrap: int = 0
     seed: int = 0
-    huber_delta: float = 1e-3
+    huber_delta: float = HUBER_DELTA
 
     def fit(self, curves) -> EnvelopeResult:
         if "curve" not in curves.columns:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scaleflow.errors import FitError
+from scaleflow.fit.defaults import HUBER_DELTA
 from scaleflow.fit.doubt import unpinned_exponent
 from scaleflow.fit.laws import DOUBTFUL, OK, REFUSED, AllocationLaw, PowerLaw, jsonable, resample_weights
 from scaleflow.fit.tables import check_table
@@ -223,7 +224,7 @@ class IsoFlopFitter:
     rtol: float = 0.1
     n_bootstrap: int = 0
     seed: int = 0
-    huber_delta: float = 1e-3
+    huber_delta: float = HUBER_DELTA
 
     def fit(self, df) -> IsoFlopResult:
         from scaleflow.fit.parametric import one_blas_thread

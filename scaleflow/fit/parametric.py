@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scaleflow.fit.defaults import HUBER_DELTA
 from scaleflow.fit.doubt import unpinned, with_problems
 from scaleflow.fit.laws import DOUBTFUL, OK, ChinchillaLaw, resample_weights
 from scaleflow.fit.tables import check_table
@@ -204,7 +205,7 @@ class ParametricFitter:
     are answered at C in that count.
     """
 
-    huber_delta: float = 1e-3
+    huber_delta: float = HUBER_DELTA
     n_bootstrap: int = 0
     seed: int = 0
     flops_per_param_token: float = 6.0

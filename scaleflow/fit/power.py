@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scaleflow.fit.defaults import HUBER_DELTA
 from scaleflow.fit.doubt import unpinned, with_problems
 from scaleflow.fit.laws import SaturatingPowerLaw
-from scaleflow.fit.tables import check_table
 from scaleflow.fit.parametric import theta_to_params, bootstrap_lse, fit_lse, theta_status
+from scaleflow.fit.tables import check_table
 
 
 _RANGE = "points over a wider range of x would pin it"
@@ -28,7 +29,7 @@ class PowerFitter:
     """`PowerFitter(x="flops").fit(df)` -> SaturatingPowerLaw of df["loss"] against df[x]."""
 
     x: str = "flops"
-    huber_delta: float = 1e-3
+    huber_delta: float = HUBER_DELTA
     n_bootstrap: int = 0
     seed: int = 0
 

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from scaleflow.fit.defaults import N_BOOTSTRAP
+
 
 def running_median(y: np.ndarray, window: int) -> np.ndarray:
     """Centred running median (shrinking at the ends); no lag on a steady trend."""
@@ -29,7 +31,7 @@ def first_reach(steps: np.ndarray, loss: np.ndarray, target: float) -> float:
     return float(steps[k - 1] + (steps[k] - steps[k - 1]) * (l0 - target) / (l0 - l1))
 
 
-def fit_tradeoff(batch: np.ndarray, steps: np.ndarray, n_bootstrap: int = 200,
+def fit_tradeoff(batch: np.ndarray, steps: np.ndarray, n_bootstrap: int = N_BOOTSTRAP,
                  seed: int = 0) -> tuple[float, float, np.ndarray]:
     """(S_min, E_min, (R, 2) replicates) of S = S_min + E_min / B by least squares on S's
     relative residuals; replicates resample the residuals (none with 2 batch sizes)."""

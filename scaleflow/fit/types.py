@@ -1,4 +1,4 @@
-"""The types a fit passes around, and the defaults of its settings (one place for each).
+"""The types a fit passes around.
 
 FitOptions (what `scaleflow fit` was asked), FitData (the prepared table), FitRun (what
 came out). Units: params in parameters, tokens in tokens, flops in FLOPs, loss in nats/token.
@@ -9,12 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from scaleflow.fit.defaults import HUBER_DELTA, N_BOOTSTRAP
 from scaleflow.fit.laws import jsonable
 
-#: Huber delta on log loss (Hoffmann et al. 2022, approach 3; docs/science.md): every fitter's default.
-HUBER_DELTA = 1e-3
-#: Bootstrap replicates of `scaleflow fit` (a fitter's own default is 0: no intervals).
-N_BOOTSTRAP = 200
 PARAM_COUNTS = ("non_embedding", "with_head", "total")
 SIX_ND = {"definition": "6 N D (the table has no flops column)", "flops_per_param_token": 6.0, "spread": 0.0}
 
