@@ -17,7 +17,8 @@ import copy
 import time
 from pathlib import Path
 
-from scaleflow.branches import accounting, decay_branches
+from scaleflow.branches import accounting
+from scaleflow.sweep import decay_branches
 from scaleflow.config import compose_study, typed_config
 from scaleflow.files import read_json
 from scaleflow.train import train

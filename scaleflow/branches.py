@@ -7,7 +7,8 @@ branch's config is exactly that of a fresh WSD run of length T_i, so its run id 
 run's id, and on CPU its results equal that run's bit for bit.
 
 Cost per model, budgets T_1 < ... < T_k: T_k (1 - f) + f sum(T_i) tokens of training,
-against sum(T_i) for independent runs.
+against sum(T_i) for independent runs. This module plans a study and builds its job graph;
+`scaleflow.sweep.run_study` runs it like any other study.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from scaleflow import schedules
 from scaleflow.config import ScheduleConfig, load_run_config, typed_values
 from scaleflow.errors import ConfigError, StoreError
 from scaleflow.files import read_json
-from scaleflow.launch import Job, make_launcher
+from scaleflow.launch import Job
 from scaleflow.plan import RunSpec, _plain, ladder, make_spec, model_config
 from scaleflow.counting import count
-from scaleflow.store import register, run_state, study_dir_for
 from scaleflow.checkpoints import checkpoint_path, list_checkpoints
 
 
@@ -166,95 +166,39 @@ def specs_from_trunk(cfg, trunk_dir: Path) -> list[RunSpec]:
     return specs
 
 
-def jobs(specs: list[RunSpec], dirs: list[Path], launcher: str, skip: set[str]) -> list[Job]:
-    """Jobs for a branched plan. Locally one job per trunk and branches that wait for their
-    fork checkpoint; on SLURM a chain of trunk segments ending at fork points, each branch
-    depending on its segment. Runs in `skip` (finished) get no job."""
-    by_id = {s.run_id: (s, d) for s, d in zip(specs, dirs)}
+def jobs(specs: list[RunSpec], dirs: list[Path], skip: set[str]) -> list[Job]:
+    """The job graph of a branched plan, the same whatever launcher runs it: per trunk, a job
+    re-creating each fork checkpoint that is gone though the trunk got past it, then a chain of
+    segments ending at the fork steps not reached yet, each `after` the one before; each
+    branch `after` the job that makes its fork checkpoint (none when it exists). Runs in
+    `skip` (finished) get no job."""
     out: list[Job] = []
-    segment_of: dict[tuple[str, int], Optional[Job]] = {}
+    maker: dict[tuple[str, int], Optional[Job]] = {}  # (trunk, fork step) -> the job making that checkpoint
     for spec, run_dir in zip(specs, dirs):
         if spec.kind != "trunk":
             continue
-        done_steps = max([s for s, _ in list_checkpoints(run_dir)], default=0)
-        trunk_done = spec.run_id in skip
-        if launcher == "slurm":
-            previous = None
-            for fork in spec.fork_steps:
-                if trunk_done or fork <= done_steps and checkpoint_path(run_dir, fork).exists():
-                    segment_of[(spec.run_id, fork)] = None  # its checkpoint exists already
-                    continue
-                job = Job(run_dir, f"{spec.label} to step {fork}", fork - max(done_steps, 0), until=fork, after=previous,
-                          world_size=spec.config["trainer"]["world_size"])
-                out.append(job)
-                segment_of[(spec.run_id, fork)] = previous = job
-        elif not trunk_done:
-            out.append(Job(run_dir, spec.label, spec.steps, world_size=spec.config["trainer"]["world_size"]))
+        world_size = spec.config["trainer"]["world_size"]
+        reached = max([s for s, _ in list_checkpoints(run_dir)], default=0)
+        previous = None
+        for fork in spec.fork_steps:
+            if checkpoint_path(run_dir, fork).exists():
+                maker[(spec.run_id, fork)] = None
+            elif fork < reached:  # trained past, checkpoint gone: re-create it
+                previous = Job(run_dir, f"{spec.label}: re-create step {fork}", fork, after=previous,
+                               recreate_fork=fork, world_size=world_size)
+                out.append(previous)
+                maker[(spec.run_id, fork)] = previous
+            elif spec.run_id not in skip:
+                previous = Job(run_dir, f"{spec.label} to step {fork}", fork - reached, until=fork, after=previous,
+                               world_size=world_size)
+                out.append(previous)
+                maker[(spec.run_id, fork)] = previous
+                reached = fork
+        if spec.run_id not in skip and reached < spec.steps:
+            out.append(Job(run_dir, spec.label, spec.steps - reached, after=previous, world_size=world_size))
     for spec, run_dir in zip(specs, dirs):
         if spec.kind != "branch" or spec.run_id in skip:
             continue
-        _, trunk_dir = by_id[spec.parent]
-        ckpt = checkpoint_path(trunk_dir, spec.fork_step)
-        job = Job(run_dir, spec.label, spec.steps - spec.fork_step, world_size=spec.config["trainer"]["world_size"])
-        if launcher == "slurm":
-            job.after = segment_of.get((spec.parent, spec.fork_step))
-        else:
-            job.ready = ckpt.exists
-        out.append(job)
+        out.append(Job(run_dir, spec.label, spec.steps - spec.fork_step, after=maker.get((spec.parent, spec.fork_step)),
+                       world_size=spec.config["trainer"]["world_size"]))
     return out
-
-
-def missing_forks(specs: list[RunSpec], dirs: list[Path]) -> list[tuple[Path, int]]:
-    """(trunk dir, fork step) pairs whose checkpoint is gone though the trunk got past them."""
-    missing = []
-    for spec, run_dir in zip(specs, dirs):
-        if spec.kind != "trunk":
-            continue
-        reached = max([s for s, _ in list_checkpoints(run_dir)], default=0)
-        for fork in spec.fork_steps:
-            if fork < reached and not checkpoint_path(run_dir, fork).exists():
-                missing.append((run_dir, fork))
-    return missing
-
-
-@dataclass
-class BranchReport:
-    specs: list[RunSpec]
-    study_dir: Path
-    accounting: Accounting
-    skipped_done: int = 0
-    launched: int = 0
-    recreated: int = 0
-    outcome: object = None
-
-
-def plan_study(cfg, from_dir: Optional[Path] = None) -> list[RunSpec]:
-    """The trunks and branches of a decay-branch study, or new branches of the trunk in
-    `from_dir` (pure but for reading that trunk's files)."""
-    if cfg.study.kind != "decay_branches":
-        raise ConfigError(f"study {cfg.study.name!r} is a {cfg.study.kind} study, not decay_branches")
-    return specs_from_trunk(cfg, from_dir) if from_dir else plan(cfg)
-
-
-def decay_branches(cfg, from_dir: Optional[Path] = None, force: bool = False, console=None) -> BranchReport:
-    """Plan, register and launch a decay-branch study (or new branches of one trunk)."""
-    specs = plan_study(cfg, from_dir)
-    study_dir = Path(from_dir).parent if from_dir else study_dir_for(cfg)
-    dirs = register(study_dir, specs, cfg.study.name, "decay_branches", force=force)
-    report = BranchReport(specs, study_dir, accounting(specs))
-    from scaleflow.worker import recreate_checkpoint
-
-    for trunk_dir, fork in missing_forks(specs, dirs):
-        recreate_checkpoint(trunk_dir, fork)
-        report.recreated += 1
-    finished = set()
-    for spec, run_dir in zip(specs, dirs):
-        summary = read_json(run_dir / "summary.json") or {}
-        if run_state(run_dir).state in ("done", "diverged") and summary.get("steps", 0) >= spec.steps:
-            finished.add(spec.run_id)
-    report.skipped_done = len(finished)
-    todo = jobs(specs, dirs, cfg.launcher.name, finished)
-    report.launched = len(todo)
-    if todo:
-        report.outcome = make_launcher(cfg.launcher, console).launch(todo)
-    return report

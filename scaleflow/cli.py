@@ -229,13 +229,14 @@ def decay_branches_cmd(
     from_dir: Annotated[Optional[Path], typer.Option("--from", help="fork new branches off this existing trunk run directory")] = None,
 ) -> None:
     """WSD decay branches: one stable-phase trunk per model, a decay branch per budget."""
-    from scaleflow.branches import accounting, decay_branches, plan_study
+    from scaleflow.branches import accounting
     from scaleflow.config import compose_study
+    from scaleflow.sweep import decay_branches, plan_study
 
     study, overrides = _study_and_overrides(args, "decay_branches_cpu")
     cfg = compose_study(study, overrides)
     if dry_run:
-        specs = plan_study(cfg, from_dir)
+        specs = plan_study(cfg, "decay_branches", from_dir)
         _print_plan(specs, cfg.study.throughput, f"{cfg.study.name}: trunks and branches (dry run, nothing launched)")
         acc = accounting(specs)
         console.print(f"branched plan: {acc.branched_flops:.3g} FLOPs; the same budgets as independent runs: "
@@ -243,7 +244,8 @@ def decay_branches_cmd(
         return
     report = decay_branches(cfg, from_dir=from_dir, force=force, console=console)
     if report.recreated:
-        console.print(f"re-created {report.recreated} missing fork checkpoint(s) from earlier trunk checkpoints")
+        console.print(f"{report.recreated} missing fork checkpoint(s): each re-created from an earlier trunk "
+                      "checkpoint by a job of its own, before the branches that fork there")
     _print_outcome(report)
     acc = report.accounting
     console.print(f"branched plan: {acc.branched_flops:.3g} FLOPs vs {acc.independent_flops:.3g} independent (ratio {acc.ratio:.3f})")

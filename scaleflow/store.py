@@ -148,8 +148,8 @@ def run_state(run_dir: Path, scheduler_states: Optional[dict[str, str]] = None) 
         state = "running" if scheduler_states[job_id] in ("RUNNING", "COMPLETING") else "queued"
     elif job.get("exit_code") == 3 or job.get("state") == "stopped":
         state = "stopped"
-    elif job.get("exit_code") not in (None, 0) or (job_id and scheduler_states is not None and job.get("launcher") == "slurm"):
-        state = "failed"  # a SLURM job gone from the queue without a summary failed
+    elif job.get("exit_code") not in (None, 0) or (job_id and scheduler_states is not None):
+        state = "failed"  # a scheduler's job gone from its queue without a summary failed
     elif last.get("step"):
         state = "stopped"
     else:

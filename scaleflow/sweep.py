@@ -1,4 +1,5 @@
-"""Running a study: plan it, register its runs in the store, launch what is not finished.
+"""Running a study, every kind one way: plan it, register its runs in the store, launch what
+is not finished.
 
 Sweeping a study again skips finished runs (done or diverged), resumes unfinished ones from
 their checkpoints, and adds only what is new when the study grows; `force` retrains finished
@@ -11,55 +12,88 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from scaleflow import branches
 from scaleflow import plan as planners
 from scaleflow.errors import ConfigError
-from scaleflow.launch import Job, make_launcher
-from scaleflow.launch.base import LaunchOutcome
+from scaleflow.files import read_json
+from scaleflow.launch import Job, LaunchOutcome, make_launcher
 from scaleflow.plan import RunSpec
 from scaleflow.store import register, run_state, study_dir_for
 
-KINDS = {"isoflop": planners.isoflop, "lr_bs": planners.lr_bs, "mup_transfer": planners.mup_transfer}
+PLANNERS = {"isoflop": planners.isoflop, "lr_bs": planners.lr_bs, "mup_transfer": planners.mup_transfer,
+            "decay_branches": branches.plan}
 
 
-def plan_study(cfg, kind: str) -> list[RunSpec]:
-    """The runs of a study (pure, no I/O). `kind` must match the study file's study.kind."""
+def plan_study(cfg, kind: str, from_dir: Optional[Path] = None) -> list[RunSpec]:
+    """The runs of a study (pure but for reading `from_dir`). `kind` must match the study
+    file's study.kind; `from_dir` (decay branches only): new branches of that existing trunk."""
+    if kind not in PLANNERS:
+        raise ConfigError(f"unknown study kind {kind!r}; choose one of {', '.join(PLANNERS)}")
     if cfg.study.kind != kind:
         raise ConfigError(f"study {cfg.study.name!r} is a {cfg.study.kind} study, not {kind}")
-    if kind not in KINDS:
-        raise ConfigError(f"unknown sweep kind {kind!r}; choose one of {', '.join(KINDS)}")
-    return KINDS[kind](cfg)
+    if from_dir is not None:
+        if kind != "decay_branches":
+            raise ConfigError("--from (new branches of an existing trunk) is for decay-branch studies only")
+        return branches.specs_from_trunk(cfg, from_dir)
+    return PLANNERS[kind](cfg)
 
 
 @dataclass
-class SweepReport:
+class StudyReport:
     specs: list[RunSpec]
     study_dir: Path
     skipped_done: int = 0  # finished runs left alone
     launched: int = 0
     outcome: Optional[LaunchOutcome] = None
     states: dict[str, str] = field(default_factory=dict)
+    recreated: int = 0  # decay branches: jobs re-creating a missing fork checkpoint
+    accounting: Optional[branches.Accounting] = None  # decay branches: branched vs independent FLOPs
 
 
-def sweep(cfg, kind: str, force: bool = False, console=None) -> SweepReport:
-    """Plan, register and launch a study; returns what happened."""
-    specs = plan_study(cfg, kind)
-    study_dir = study_dir_for(cfg)
+def run_study(cfg, kind: str, force: bool = False, console=None, from_dir: Optional[Path] = None) -> StudyReport:
+    """Every kind of study, one way: plan -> register -> skip what is finished (or being
+    trained by another process) -> launch the rest as jobs."""
+    specs = plan_study(cfg, kind, from_dir)
+    study_dir = Path(from_dir).parent if from_dir is not None else study_dir_for(cfg)
     dirs = register(study_dir, specs, cfg.study.name, kind, force=force)
-    report = SweepReport(specs, study_dir)
-    jobs = []
+    report = StudyReport(specs, study_dir)
+    finished, busy = set(), set()
     for spec, run_dir in zip(specs, dirs):
-        state = run_state(run_dir).state
-        report.states[spec.run_id] = state
-        if state in ("done", "diverged"):
-            report.skipped_done += 1
-            continue
-        if state == "running":  # another sweep (or a SLURM job) is training it
-            continue
-        jobs.append(Job(run_dir, spec.label, spec.steps, world_size=spec.config["trainer"]["world_size"]))
+        state = report.states[spec.run_id] = run_state(run_dir).state
+        if _finished(state, run_dir, spec):
+            finished.add(spec.run_id)
+        elif state == "running":  # another sweep (or a SLURM job) is training it
+            busy.add(spec.run_id)
+    report.skipped_done = len(finished)
+    if kind == "decay_branches":
+        jobs = branches.jobs(specs, dirs, finished | busy)
+        report.recreated = sum(job.recreate_fork > 0 for job in jobs)
+        report.accounting = branches.accounting(specs)
+    else:
+        jobs = [Job(run_dir, spec.label, spec.steps, world_size=spec.config["trainer"]["world_size"])
+                for spec, run_dir in zip(specs, dirs) if spec.run_id not in finished | busy]
     report.launched = len(jobs)
     if jobs:
         report.outcome = make_launcher(cfg.launcher, console).launch(jobs)
     return report
+
+
+def _finished(state: str, run_dir: Path, spec: RunSpec) -> bool:
+    """Diverged, or done at its planned length (a trunk done at fewer steps is extended)."""
+    if state == "diverged":
+        return True
+    return state == "done" and (read_json(run_dir / "summary.json") or {}).get("steps", 0) >= spec.steps
+
+
+def sweep(cfg, kind: str, force: bool = False, console=None) -> StudyReport:
+    """`scaleflow sweep KIND`: run an IsoFLOP, LR x batch-size or muP-transfer study."""
+    return run_study(cfg, kind, force, console)
+
+
+def decay_branches(cfg, from_dir: Optional[Path] = None, force: bool = False, console=None) -> StudyReport:
+    """`scaleflow decay-branches`: trunks and their decay branches (or new branches of the
+    trunk in `from_dir`)."""
+    return run_study(cfg, "decay_branches", force, console, from_dir)
 
 
 def plan_rows(specs: list[RunSpec], throughput: float) -> list[dict]:

@@ -167,10 +167,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("SCALEFLOW_THREADS", "0")))
     parser.add_argument("--until", type=int, default=0, help="stop, checkpointed, after this many steps")
+    parser.add_argument("--recreate-fork", type=int, default=0, metavar="STEP",
+                        help="only re-create the trunk's missing checkpoint at STEP (a decay branch forks there)")
     parser.add_argument("--fresh", action="store_true",
                         help="start from step 0 rather than the newest checkpoint (earlier results move to previous/)")
     args = parser.parse_args(argv)
     try:
+        if args.recreate_fork:
+            recreate_checkpoint(args.run_dir, args.recreate_fork)
+            return EXIT_OK
         summary = execute_run(args.run_dir, args.threads, args.until, resume=not args.fresh)
     except ScaleflowError as exc:
         print(f"error: {exc}", file=sys.stderr)

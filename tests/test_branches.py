@@ -3,7 +3,8 @@
 import pytest
 
 from conftest import metrics_without_timing, run_cli
-from scaleflow.branches import accounting, decay_branches, plan
+from scaleflow.branches import accounting, plan
+from scaleflow.sweep import decay_branches
 from scaleflow.config import compose_study, load_run_config
 from scaleflow.errors import ConfigError, StoreError
 from scaleflow.files import read_json
@@ -77,11 +78,12 @@ def test_resweep_skips_and_from_adds_budgets_without_retraining(study_file, tmp_
     again = decay_branches(cfg)
     assert again.launched == 0 and again.skipped_done == 3
 
-    # A new, shorter budget forks at step 120: no checkpoint there, so it is re-created from
-    # the trunk's checkpoint at 80, and the trunk itself does not train again.
+    # A new, shorter budget forks at step 120: no checkpoint there, so a job re-creates it from
+    # the trunk's checkpoint at 80 (through the launcher, as any job), the branch waits for that
+    # job, and the trunk itself does not train again.
     new = compose_study(str(study_file), [f"study_dir={study_dir}", "study.branch_tokens=[38400]"])
     added = decay_branches(new, from_dir=trunk_dir)
-    assert added.recreated == 1 and added.launched == 1 and not added.outcome.failed
+    assert added.recreated == 1 and added.launched == 2 and added.outcome.finished == 2 and not added.outcome.failed
     assert (trunk_dir / "metrics.jsonl").read_text() == trunk_metrics
     assert checkpoint_path(trunk_dir, 120).exists()
 

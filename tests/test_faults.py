@@ -300,7 +300,7 @@ def test_hostile_names_and_sbatch_values(tmp_path):
     from scaleflow.store import study_dir_for
 
     study_file = tmp_path / "s.yaml"
-    study_file.write_text(STUDY)
+    study_file.write_text(STUDY.replace("launcher: {max_parallel: 2, threads_per_run: 1}\n", ""))  # local keys
     for name in ("../escape", "/abs", "..", "a/b"):
         cfg = compose_study(str(study_file), [f"study.name='{name}'"])
         with pytest.raises(StoreError):

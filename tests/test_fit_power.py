@@ -13,7 +13,7 @@ def test_recovers_parameters_with_intervals():
     rng = np.random.default_rng(3)
     x = np.geomspace(1e17, 1e21, 25)
     loss = (1.9 + 40.0 * x**-0.07) * np.exp(0.002 * rng.standard_normal(25))
-    law = PowerFitter("flops", n_bootstrap=200, seed=0).fit(pd.DataFrame({"flops": x, "loss": loss}))
+    law = PowerFitter(x="flops", n_bootstrap=200, seed=0).fit(pd.DataFrame({"flops": x, "loss": loss}))
     assert law.status == "ok" and law.x_name == "flops"
     for p, true in (("E", 1.9), ("A", 40.0), ("alpha", 0.07)):
         lo, hi = law.ci[p]
@@ -24,4 +24,4 @@ def test_recovers_parameters_with_intervals():
 
 def test_needs_four_points():
     with pytest.raises(FitError, match="at least 4 points"):
-        PowerFitter("params").fit(pd.DataFrame({"params": [1e6, 1e7, 1e8], "loss": [4.0, 3.5, 3.2]}))
+        PowerFitter(x="params").fit(pd.DataFrame({"params": [1e6, 1e7, 1e8], "loss": [4.0, 3.5, 3.2]}))

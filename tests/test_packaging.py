@@ -86,9 +86,13 @@ def test_the_search_path_finds_a_users_studies_and_config_groups(tmp_path):
 
     from scaleflow.config import compose_study
 
+    (mine / "launcher").mkdir()
+    (mine / "launcher" / "mycluster.yaml").write_text("defaults:\n  - slurm_schema\n  - _self_\nname: slurm\n"
+                                                      "partition: gpu\n")
     os.environ["SCALEFLOW_CONFIG_PATH"] = str(mine)
     try:
         assert compose_study("my_study").model.seq_len == 48  # the user's model group was used
+        assert compose_study("my_study", ["launcher=mycluster"]).launcher.partition == "gpu"  # and launcher
     finally:
         del os.environ["SCALEFLOW_CONFIG_PATH"]
 

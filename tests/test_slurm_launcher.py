@@ -40,8 +40,13 @@ study:
   min_steps: 10
 model: {seq_len: 32}
 trainer: {batch_size: 8, eval_every: 100, eval_sequences: 16, log_every: 10, checkpoint_every: 25}
-launcher: {max_parallel: 2, threads_per_run: 1, cpus_per_task: 1, mem_gb: 1}
 """
+
+
+#: Each launcher's settings (a key of one launcher is an error under the other): one thread a
+#: run on both, so that local and SLURM runs compute alike.
+LOCAL = ["launcher.max_parallel=2", "launcher.threads_per_run=1"]
+SLURM = ["launcher=slurm", "launcher.cpus_per_task=1", "launcher.mem_gb=1"]
 
 
 def _study(tmp_path, budgets="2e9, 4e9") -> Path:
@@ -90,12 +95,12 @@ def _pause_at_a_logged_step(run_dir: Path, job_id: str) -> tuple[int, list[dict]
 def test_a_study_as_a_job_array_matches_the_local_run(tmp_path):
     study = _study(tmp_path)
     local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
-    report = sweep(compose_study(str(study), [f"study_dir={slurm_dir}", "launcher=slurm"]), "isoflop")
+    report = sweep(compose_study(str(study), [f"study_dir={slurm_dir}", *SLURM]), "isoflop")
     # Submission returns at once: before the array has finished (two cores run at most two of
     # its four jobs at a time, so it cannot have finished by then whatever the machine).
     assert not _all_finished(slurm_dir)
     assert len(report.outcome.submitted) == 4 and all("_" in j for j in report.outcome.submitted)  # one array
-    sweep(compose_study(str(study), [f"study_dir={local_dir}"]), "isoflop")  # the reference, meanwhile
+    sweep(compose_study(str(study), [f"study_dir={local_dir}", *LOCAL]), "isoflop")  # the reference, meanwhile
     wait_until(lambda: _all_finished(slurm_dir), 300, "the array to finish")
     assert [s.state for s in study_states(slurm_dir, queue_states())] == ["done"] * 4
     for run in run_dirs(local_dir):
@@ -117,14 +122,14 @@ def long_reference(tmp_path_factory) -> Path:
     """The long run trained locally, undisturbed: the reference of every cut test below."""
     study_dir = tmp_path_factory.mktemp("reference") / "local"
     study = _study(study_dir.parent, LONG_BUDGET)
-    assert not sweep(compose_study(str(study), [f"study_dir={study_dir}", *LONG_RUN]), "isoflop").outcome.failed
+    assert not sweep(compose_study(str(study), [f"study_dir={study_dir}", *LOCAL, *LONG_RUN]), "isoflop").outcome.failed
     return run_dirs(study_dir)[0]
 
 
 def _one_long_run(tmp_path, extra: list[str]) -> tuple[Path, str]:
     """The long run submitted to SLURM (with `extra`); (its run dir, its job id)."""
     study, slurm_dir = _study(tmp_path, LONG_BUDGET), tmp_path / "slurm"
-    sweep(compose_study(str(study), [f"study_dir={slurm_dir}", "launcher=slurm", *LONG_RUN, *extra]), "isoflop")
+    sweep(compose_study(str(study), [f"study_dir={slurm_dir}", *SLURM, *LONG_RUN, *extra]), "isoflop")
     slurm_run = run_dirs(slurm_dir)[0]
     return slurm_run, read_json(slurm_run / "job.json")["job_id"]
 
@@ -172,7 +177,7 @@ def test_a_job_hitting_its_time_limit_checkpoints_requeues_and_finishes(tmp_path
 
 def test_a_cancelled_job_shows_failed_and_the_next_sweep_reruns_it(tmp_path):
     study = _study(tmp_path, LONG_BUDGET)
-    overrides = [f"study_dir={tmp_path / 's'}", "launcher=slurm", *LONG_RUN]
+    overrides = [f"study_dir={tmp_path / 's'}", *SLURM, *LONG_RUN]
     cfg = compose_study(str(study), overrides)
     report = sweep(cfg, "isoflop")
     run, job_id = run_dirs(tmp_path / "s")[0], report.outcome.submitted[0]
@@ -203,21 +208,20 @@ study:
 model: {seq_len: 32}
 trainer: {batch_size: 8, eval_every: 25, eval_sequences: 16, log_every: 5, checkpoint_every: 1000}
 schedule: {warmup_steps: 10, decay_fraction: 0.2}
-launcher: {max_parallel: 2, threads_per_run: 1, cpus_per_task: 1, mem_gb: 1}
 """
 
 
 def test_decay_branches_on_slurm_match_the_local_study(tmp_path):
-    from scaleflow.branches import decay_branches
+    from scaleflow.sweep import decay_branches
 
     study = tmp_path / "slurm_branches.yaml"
     study.write_text(BRANCHES)
     local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
-    report = decay_branches(compose_study(str(study), [f"study_dir={slurm_dir}", "launcher=slurm"]))
+    report = decay_branches(compose_study(str(study), [f"study_dir={slurm_dir}", *SLURM]))
     # a trunk of three segments (an afterok chain) and three branches, every branch queued
     # before its trunk ends
     assert len(report.outcome.submitted) == 6
-    local = decay_branches(compose_study(str(study), [f"study_dir={local_dir}"]))  # the reference, meanwhile
+    local = decay_branches(compose_study(str(study), [f"study_dir={local_dir}", *LOCAL]))  # the reference, meanwhile
     assert not local.outcome.failed
     wait_until(lambda: _all_finished(slurm_dir), 400, "the branched study to finish")
     for spec in local.specs:
@@ -233,9 +237,9 @@ def test_a_two_task_run_matches_the_one_task_run(tmp_path):
     study = _study(tmp_path, "4e9")
     common = ["study.shapes=[{n_layer: 1, d_model: 16, n_head: 2}]", "trainer.eval_every=20"]
     one_dir, two_dir = tmp_path / "one", tmp_path / "two"
-    sweep(compose_study(str(study), [f"study_dir={one_dir}", "launcher=slurm", "trainer.grad_accum=2", *common]),
+    sweep(compose_study(str(study), [f"study_dir={one_dir}", *SLURM, "trainer.grad_accum=2", *common]),
           "isoflop")
-    sweep(compose_study(str(study), [f"study_dir={two_dir}", "launcher=slurm", "trainer.world_size=2",
+    sweep(compose_study(str(study), [f"study_dir={two_dir}", *SLURM, "trainer.world_size=2",
                                      "launcher.tasks_per_node=2", *common]), "isoflop")
     wait_until(lambda: _all_finished(one_dir) and _all_finished(two_dir), 300, "both runs")
     one, two = run_dirs(one_dir)[0], run_dirs(two_dir)[0]

@@ -142,6 +142,7 @@ def test_no_reachable_cluster_is_a_one_line_error(study_file, tmp_path):
     import os
 
     env = {**os.environ, "PATH": "/nonexistent"}
+    study_file.write_text(STUDY.replace("launcher: {max_parallel: 2}\n", ""))  # a local launcher's key
     out = run_cli("sweep", "isoflop", str(study_file), f"study_dir={tmp_path / 's'}", "launcher=slurm", env=env)
     assert out.returncode == 2 and "no SLURM client" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
@@ -223,3 +224,14 @@ def test_the_plan_time_length_check_gives_the_trainers_verdicts():
                     assert planned == trainer, (name, fraction, warmup_steps, warmup_tokens, steps)
                     refused += isinstance(trainer, str)
     assert 0 < refused < 3 * 3 * 5 * 7
+
+
+def test_a_key_of_another_launcher_is_a_one_line_error(study_file, tmp_path):
+    """Each launcher has its own schema: a SLURM key under launcher=local (and the reverse) is
+    refused when the config is composed, never silently ignored."""
+    local = run_cli("sweep", "isoflop", str(study_file), f"study_dir={tmp_path / 's'}", "launcher.partition=gpu",
+                    "--dry-run")
+    assert local.returncode == 2 and "Key 'partition' not in 'LocalLauncherConfig'" in local.stderr
+    slurm = run_cli("sweep", "isoflop", str(study_file), f"study_dir={tmp_path / 's'}", "launcher=slurm", "--dry-run")
+    assert slurm.returncode == 2 and "Key 'max_parallel' not in 'SlurmLauncherConfig'" in slurm.stderr  # the study's
+    assert len(slurm.stderr.strip().splitlines()) == 1

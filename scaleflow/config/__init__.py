@@ -14,12 +14,13 @@ Units are in the field comments: FLOPs are floating-point operations, tokens are
 from scaleflow.config.compose import (CONF_DIR, CONFIG_PATH_ENV, SWEEPS_DIR, compose_run, compose_study, find_study,
                                       load_run_config, search_path, study_names, typed_config, typed_values)
 from scaleflow.config.identity import run_id, run_section
-from scaleflow.config.schema import (FLOP_COUNTS, PARAM_COUNTS, Config, DataConfig, LauncherConfig, ModelConfig,
-                                     MupConfig, OptimConfig, ScheduleConfig, StudyConfig, TrainerConfig,
-                                     validate_model)
+from scaleflow.config.schema import (FLOP_COUNTS, LAUNCHERS, PARAM_COUNTS, Config, DataConfig, LocalLauncherConfig,
+                                     ModelConfig, MupConfig, OptimConfig, ScheduleConfig, SlurmLauncherConfig,
+                                     StudyConfig, TrainerConfig, validate_model)
 from scaleflow.config.validate import validate
 
-__all__ = ["CONF_DIR", "CONFIG_PATH_ENV", "FLOP_COUNTS", "PARAM_COUNTS", "SWEEPS_DIR", "Config", "DataConfig",
-           "LauncherConfig", "ModelConfig", "MupConfig", "OptimConfig", "ScheduleConfig", "StudyConfig",
-           "TrainerConfig", "compose_run", "compose_study", "find_study", "load_run_config", "run_id", "run_section",
-           "search_path", "study_names", "typed_config", "typed_values", "validate", "validate_model"]
+__all__ = ["CONF_DIR", "CONFIG_PATH_ENV", "FLOP_COUNTS", "LAUNCHERS", "PARAM_COUNTS", "SWEEPS_DIR", "Config",
+           "DataConfig", "LocalLauncherConfig", "ModelConfig", "MupConfig", "OptimConfig", "ScheduleConfig",
+           "SlurmLauncherConfig", "StudyConfig", "TrainerConfig", "compose_run", "compose_study", "find_study",
+           "load_run_config", "run_id", "run_section", "search_path", "study_names", "typed_config", "typed_values",
+           "validate", "validate_model"]

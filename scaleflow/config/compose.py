@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from scaleflow.config.schema import Config
+from scaleflow.config.schema import LAUNCHERS, Config
 from scaleflow.config.validate import validate
 from scaleflow.errors import ConfigError
 
@@ -25,7 +25,10 @@ CONFIG_PATH_ENV = "SCALEFLOW_CONFIG_PATH"
 def _register_schema() -> None:
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="base_config", node=Config)
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    for name, schema in LAUNCHERS.items():  # conf/launcher/NAME.yaml starts from NAME_schema
+        store.store(group="launcher", name=f"{name}_schema", node=schema)
 
 
 def _hydra_message(exc: BaseException) -> str:
@@ -124,7 +127,12 @@ def compose_study(study: str, overrides: list[str] = ()) -> DictConfig:
 def typed_config(values: Any) -> DictConfig:
     """A plain dict (or loaded YAML) as a typed, validated Config."""
     with _config_errors():
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), values)
+        name = OmegaConf.select(OmegaConf.create(values), "launcher.name", default="local")
+        if name not in LAUNCHERS:
+            raise ConfigError(f"launcher.name={name!r} is not one of {', '.join(LAUNCHERS)}")
+        base = OmegaConf.structured(Config)
+        base.launcher = OmegaConf.structured(LAUNCHERS[name])
+        cfg = OmegaConf.merge(base, values)
         OmegaConf.set_struct(cfg, True)
         validate(cfg)
     return cfg

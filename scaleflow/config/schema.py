@@ -175,11 +175,19 @@ class StudyConfig:
 
 
 @dataclass
-class LauncherConfig:
-    name: str = "local"  # local | slurm
-    max_parallel: int = 0  # local: concurrent runs; 0 = one per GPU, or 2 on CPU
-    threads_per_run: int = 0  # local: torch threads per run; 0 = cores / max_parallel
-    # slurm
+class LocalLauncherConfig:
+    """launcher=local: runs on this machine."""
+
+    name: str = "local"
+    max_parallel: int = 0  # concurrent runs; 0 = one per GPU, or 2 on CPU
+    threads_per_run: int = 0  # torch threads per run; 0 = cores / max_parallel
+
+
+@dataclass
+class SlurmLauncherConfig:
+    """launcher=slurm: sbatch through submitit."""
+
+    name: str = "slurm"
     partition: str = ""
     account: str = ""
     qos: str = ""
@@ -198,6 +206,10 @@ class LauncherConfig:
     python: str = ""  # interpreter on the nodes; "" = this one
 
 
+#: launcher.name -> its schema: a key of another launcher is an error, not a silent no-op.
+LAUNCHERS = {"local": LocalLauncherConfig, "slurm": SlurmLauncherConfig}
+
+
 @dataclass
 class Config:
     """A run (model, data, optim, schedule, trainer) plus, for sweeps, the study and launcher."""
@@ -213,7 +225,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
-    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    launcher: Any = None  # one of LAUNCHERS (typed by it), chosen by launcher=NAME
 
 
 # --------------------------------------------------------------------------- composition

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from scaleflow.config.schema import FLOP_COUNTS, PARAM_COUNTS, choice, validate_model
+from scaleflow.config.schema import FLOP_COUNTS, LAUNCHERS, PARAM_COUNTS, choice, validate_model
 from scaleflow.errors import ConfigError
 from scaleflow.schedules import SHAPES
 
@@ -58,8 +58,9 @@ def validate(cfg: Any) -> None:
             f"optim.lr_mult_readout={cfg.optim.lr_mult_readout} needs model.tie_embeddings=false: a tied "
             "readout is the token embedding and trains with optim.lr_mult_embedding"
         )
-    choice("launcher.name", cfg.launcher.name, ("local", "slurm"))
-    _check_sbatch_values(cfg.launcher)
+    choice("launcher.name", cfg.launcher.name, tuple(LAUNCHERS))
+    if cfg.launcher.name == "slurm":
+        _check_sbatch_values(cfg.launcher)
     if t.extendable and (s.name != "constant" or (s.warmup_steps < 0 and s.warmup_tokens <= 0)):
         raise ConfigError("trainer.extendable needs schedule.name=constant and an absolute warmup")
 

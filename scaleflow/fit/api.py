@@ -106,7 +106,7 @@ def _measured_optimum(table, top: float, rtol: float) -> dict[str, Any]:
     from scaleflow.fit.isoflop import IsoFlopFitter
 
     try:
-        fitted = [b for b in IsoFlopFitter(rtol).fit(table).budgets if b.flops == top]
+        fitted = [b for b in IsoFlopFitter(rtol=rtol).fit(table).budgets if b.flops == top]
     except FitError:
         fitted = []
     if fitted and np.isfinite(fitted[0].params_opt):

@@ -174,7 +174,7 @@ def _col(df, name: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- fitter
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CriticalBatchFitter:
     """`CriticalBatchFitter(n_bootstrap=200).fit(table, history)` -> (CriticalBatchResult, skipped)."""
 

@@ -64,7 +64,7 @@ def lower_envelope(loss: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EnvelopeFitter:
     """Approach 1 estimator: `EnvelopeFitter(n_bootstrap=200).fit(curves)` -> EnvelopeResult."""
 
@@ -119,5 +119,5 @@ class EnvelopeFitter:
 
         from scaleflow.fit.power import PowerFitter
 
-        return PowerFitter("flops", self.huber_delta, self.n_bootstrap, self.seed).fit(
+        return PowerFitter(x="flops", huber_delta=self.huber_delta, n_bootstrap=self.n_bootstrap, seed=self.seed).fit(
             pd.DataFrame({"flops": flops, "loss": loss}))

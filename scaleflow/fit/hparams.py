@@ -77,7 +77,7 @@ def _near(loss: np.ndarray, w: np.ndarray, tol: float) -> np.ndarray:
     return w * (loss <= best * (1.0 + tol))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LrBsFitter:
     """`LrBsFitter(batch="batch_tokens", n_bootstrap=200).fit(df)` -> HparamResult."""
 

@@ -213,7 +213,7 @@ def _budget(C: float, g, log_exps: np.ndarray, coef: np.ndarray) -> BudgetFit:
                      lv, status, msg)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class IsoFlopFitter:
     """Approach 2 estimator: `IsoFlopFitter(n_bootstrap=200).fit(df)` -> IsoFlopResult.
 
@@ -293,7 +293,8 @@ class IsoFlopFitter:
         from scaleflow.fit.power import PowerFitter
 
         pts = pd.DataFrame({"flops": [b.flops for b in good], "loss": [b.loss_opt for b in good]})
-        return PowerFitter("flops", self.huber_delta, self.n_bootstrap, self.seed).fit(pts)
+        fitter = PowerFitter(x="flops", huber_delta=self.huber_delta, n_bootstrap=self.n_bootstrap, seed=self.seed)
+        return fitter.fit(pts)
 
 
 def simulate(law, budgets, sizes_per_budget: int = 9, span: float = 16.0, noise: float = 0.005,

@@ -196,7 +196,7 @@ PIN_HINTS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ParametricFitter:
     """Approach 3 estimator: `ParametricFitter(n_bootstrap=200).fit(df)` -> ChinchillaLaw.
 

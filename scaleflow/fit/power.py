@@ -24,7 +24,7 @@ PIN_HINTS = {"E": "points at larger x, where the curve flattens, would pin it; u
              "A": _RANGE, "alpha": _RANGE}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PowerFitter:
     """`PowerFitter(x="flops").fit(df)` -> SaturatingPowerLaw of df["loss"] against df[x]."""
 

@@ -29,13 +29,15 @@ class LawEntry:
 def _approach3(data: FitData, o: FitOptions):
     from scaleflow.fit.parametric import ParametricFitter
 
-    return ParametricFitter(o.huber_delta, o.n_bootstrap, o.seed, data.flops["flops_per_param_token"]).fit(data.table)
+    return ParametricFitter(huber_delta=o.huber_delta, n_bootstrap=o.n_bootstrap, seed=o.seed,
+                            flops_per_param_token=data.flops["flops_per_param_token"]).fit(data.table)
 
 
 def _approach2(data: FitData, o: FitOptions):
     from scaleflow.fit.isoflop import IsoFlopFitter
 
-    return IsoFlopFitter(o.budget_rtol, o.n_bootstrap, o.seed, o.huber_delta).fit(data.table)
+    return IsoFlopFitter(rtol=o.budget_rtol, n_bootstrap=o.n_bootstrap, seed=o.seed,
+                         huber_delta=o.huber_delta).fit(data.table)
 
 
 def _approach1(data: FitData, o: FitOptions):
@@ -76,14 +78,16 @@ def _power(data: FitData, o: FitOptions):
     from scaleflow.fit.power import PowerFitter
 
     x = "x" if "x" in data.table.columns else "flops" if "flops" in data.table.columns else "params"
-    return {"power": PowerFitter(x, o.huber_delta, o.n_bootstrap, o.seed).fit(data.table)}
+    fitter = PowerFitter(x=x, huber_delta=o.huber_delta, n_bootstrap=o.n_bootstrap, seed=o.seed)
+    return {"power": fitter.fit(data.table)}
 
 
 def _lr_bs(data: FitData, o: FitOptions):
     from scaleflow.fit.hparams import LrBsFitter
 
     batch = "batch_tokens" if "batch_tokens" in data.table.columns else "batch_size"
-    return {"lr_bs": LrBsFitter(batch, rtol=o.budget_rtol, n_bootstrap=o.n_bootstrap, seed=o.seed).fit(data.table)}
+    fitter = LrBsFitter(batch=batch, rtol=o.budget_rtol, n_bootstrap=o.n_bootstrap, seed=o.seed)
+    return {"lr_bs": fitter.fit(data.table)}
 
 
 def _lr_transfer(data: FitData, o: FitOptions) -> dict[str, Any]:
@@ -107,8 +111,8 @@ LAWS: dict[str, LawEntry] = {
     "power": LawEntry(_power, "L = E + A x^-alpha (x: the column mapped by --col x=..., else flops, else params)"),
     "lr-bs": LawEntry(_lr_bs, "optimal learning rate and batch size against compute"),
     "lr-transfer": LawEntry(_lr_transfer, "drift of the optimal learning rate with width (SP vs muP)"),
-    "critical-batch": LawEntry(_critical_batch, "the noise-scale law B*/L^(1/alpha_B) and the steps-tokens trade-off of a "
-                                  "batch-size sweep (needs the training history)"),
+    "critical-batch": LawEntry(_critical_batch, "the noise-scale law B*/L^(1/alpha_B) and the steps-tokens "
+                                                "trade-off of a batch-size sweep (needs the training history)"),
 }
 
 

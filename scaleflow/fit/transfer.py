@@ -131,7 +131,7 @@ class TransferResult:
         })
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LrTransferFitter:
     """`LrTransferFitter().fit(df)` -> TransferResult (df: lr, d_model, loss[, parametrization, diverged])."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Optional, Protocol
 
 
 @dataclass(eq=False)
@@ -15,7 +15,7 @@ class Job:
     steps: int = 0  # steps this job trains, for progress
     until: int = 0  # stop, checkpointed, after this many steps (a trunk segment); 0 = to the end
     after: Optional["Job"] = None  # start only once this job has succeeded (SLURM afterok)
-    ready: Optional[Callable[[], bool]] = None  # local: start only once this holds
+    recreate_fork: int = 0  # re-create the run's missing checkpoint at this step, no more (a decay-branch trunk)
     world_size: int = 1  # data-parallel processes (trainer.world_size)
     job_id: Optional[str] = field(default=None)  # set by the SLURM launcher
 
@@ -31,6 +31,8 @@ class Job:
             cmd += ["--threads", str(threads)]
         if self.until:
             cmd += ["--until", str(self.until)]
+        if self.recreate_fork:
+            cmd += ["--recreate-fork", str(self.recreate_fork)]
         return cmd
 
 

@@ -27,11 +27,15 @@ from scaleflow.launch.base import Job, LaunchOutcome
 class TrainJob:
     """The callable submitit runs on the node: train one run directory (or a segment)."""
 
-    def __init__(self, run_dir: str, until: int = 0, threads: int = 0):
-        self.run_dir, self.until, self.threads = run_dir, until, threads
+    def __init__(self, run_dir: str, until: int = 0, threads: int = 0, recreate_fork: int = 0):
+        self.run_dir, self.until, self.threads, self.recreate_fork = run_dir, until, threads, recreate_fork
 
     def __call__(self) -> str:
-        from scaleflow.worker import StopFlag, execute_run, stop_on_signals
+        from scaleflow.worker import StopFlag, execute_run, recreate_checkpoint, stop_on_signals
+
+        if self.recreate_fork:
+            recreate_checkpoint(Path(self.run_dir), self.recreate_fork)
+            return "recreated"
 
         if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # data parallel: one task per rank
             import submitit
@@ -119,7 +123,7 @@ class SlurmLauncher:
                 part = independent[start : start + chunk]
                 executor = self._executor(folder)
                 with executor.batch():
-                    handles = [executor.submit(TrainJob(str(j.run_dir), j.until, threads)) for j in part]
+                    handles = [executor.submit(TrainJob(str(j.run_dir), j.until, threads, j.recreate_fork)) for j in part]
                 for job, handle in zip(part, handles):
                     job.job_id = handle.job_id
             for job in jobs:  # in plan order, so a job's prerequisite is submitted before it
@@ -128,7 +132,7 @@ class SlurmLauncher:
                 if job.after.job_id is None:
                     raise LaunchError(f"{job.label}: its prerequisite was not submitted")
                 executor = self._executor(folder, after=job.after)
-                job.job_id = executor.submit(TrainJob(str(job.run_dir), job.until, threads)).job_id
+                job.job_id = executor.submit(TrainJob(str(job.run_dir), job.until, threads, job.recreate_fork)).job_id
         except LaunchError:
             raise
         except Exception as exc:  # submitit raises plain errors for sbatch failures
