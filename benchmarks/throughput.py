@@ -22,7 +22,8 @@ from scaleflow.config import compose_run
 from scaleflow.data import batch_offsets, gather, load_corpus
 from scaleflow.files import read_jsonl
 from scaleflow.model import GPT
-from scaleflow.train import build_optimizer, pick_device, plan_run, train
+from scaleflow.plan import plan_run
+from scaleflow.train import build_optimizer, pick_device, train
 
 SIZES = {
     "cpu": {

@@ -169,7 +169,7 @@ def check_runnable(spec: RunSpec) -> None:
 def check_length(schedule, steps: int, tokens_per_step: int) -> int:
     """A run's warmup in steps; ConfigError for a run the trainer refuses: shorter than one
     step, or a WSD run whose warmup reaches into its decay. The one place of these checks:
-    the planner calls it for every planned run, the trainer (train.plan_run) before it starts."""
+    the planner calls it for every planned run, plan_run for the trainer."""
     if steps < 1:
         raise ConfigError(f"the run is shorter than one step of {tokens_per_step} tokens; give a longer "
                           "trainer.tokens/flops/steps")
@@ -182,6 +182,42 @@ def check_length(schedule, steps: int, tokens_per_step: int) -> int:
             f"({schedules.decay_steps(steps, schedule.decay_fraction)} steps)"
         )
     return min(warmup, steps)
+
+
+DEFAULT_STEPS = 200  # run length when none of trainer.steps/tokens/flops is given
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run's length and shape, built once from its config (`plan_run`) and read by the
+    trainer, the schedule and the summary: steps, warmup and decay start (`schedule`), tokens
+    per step, FLOPs per token (with trainer.flop_count) and the parameter counts."""
+
+    schedule: schedules.StepPlan
+    tokens_per_step: int
+    flops_per_token: float
+    counts: Counts
+
+    @property
+    def steps(self) -> int:
+        return self.schedule.steps
+
+    @property
+    def warmup(self) -> int:
+        return self.schedule.warmup
+
+
+def plan_run(cfg) -> RunPlan:
+    """The plan of one run. Raises ConfigError for a run the trainer refuses (check_length)."""
+    model_cfg = OmegaConf.to_object(cfg.model) if isinstance(cfg.model, DictConfig) else cfg.model
+    counts = count(model_cfg)
+    t = cfg.trainer
+    tokens_per_step = t.batch_size * cfg.model.seq_len
+    steps = run_steps(t, counts, tokens_per_step)
+    steps = DEFAULT_STEPS if steps is None else steps
+    warmup = check_length(cfg.schedule, steps, tokens_per_step)
+    return RunPlan(schedules.StepPlan.of(steps, warmup, cfg.schedule), tokens_per_step,
+                   counts.flops_per_token(t.flop_count), counts)
 
 
 def steps_for_flops(flops: float, counts: Counts, flop_count: str, tokens_per_step: int) -> int:

@@ -1,8 +1,8 @@
 """Learning-rate schedules as pure functions of the step (docs/science.md section 4).
 
-`lr_factor(step, total, ...)` gives the multiplier of the peak LR used by optimizer step
-`step` (0-based) of a run of `total` steps. Warmup is linear over `warmup` steps:
-factor (step + 1) / warmup.
+`lr_factor(step, plan, schedule)` gives the multiplier of the peak LR used by optimizer step
+`step` (0-based) of a run whose StepPlan (length, warmup, first decay step) is `plan` and whose
+schedule config is `schedule`. Warmup is linear over `warmup` steps: factor (step + 1) / warmup.
 
 WSD: the decay covers the last `decay_steps(total, f)` steps; before them the factor is 1,
 independent of `total`, which is what lets one stable-phase trunk serve every budget.
@@ -18,6 +18,7 @@ Multi-step (DeepSeek LLM): 1 until 80% of the steps, 0.316 until 90%, then 0.1.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
@@ -56,31 +57,40 @@ def decay_factor(x: float, shape: str, final: float) -> float:
     raise ValueError(f"unknown decay shape {shape!r}")
 
 
-def lr_factor(
-    step: int,
-    total: int,
-    name: str,
-    warmup: int = 0,
-    final: float = 0.0,
-    decay_fraction: float = 0.2,
-    shape: str = "1-sqrt",
-) -> float:
-    """Multiplier of the peak LR at optimizer step `step` of a `total`-step run."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if name == "constant":
+@dataclass(frozen=True)
+class StepPlan:
+    """The steps a schedule reads, computed once per run: its length, its warmup and its
+    first WSD decay step (= steps for schedules without a WSD decay)."""
+
+    steps: int
+    warmup: int
+    decay_start: int
+
+    @classmethod
+    def of(cls, steps: int, warmup: int, schedule) -> "StepPlan":
+        start = decay_start(steps, schedule.decay_fraction) if schedule.name == "wsd" else steps
+        return cls(steps, warmup, start)
+
+
+def lr_factor(step: int, plan: StepPlan, schedule) -> float:
+    """Multiplier of the peak LR at optimizer step `step`; `schedule`: the schedule config
+    (name, final_lr_fraction, decay_shape)."""
+    final = schedule.final_lr_fraction
+    if step < plan.warmup:
+        return (step + 1) / plan.warmup
+    if schedule.name == "constant":
         return 1.0
-    if name == "cosine":
-        span = max(1, total - warmup)
-        progress = min(1.0, (step - warmup + 1) / span)
+    if schedule.name == "cosine":
+        span = max(1, plan.steps - plan.warmup)
+        progress = min(1.0, (step - plan.warmup + 1) / span)
         return decay_factor(progress, "cosine", final)
-    if name == "wsd":
-        start = decay_start(total, decay_fraction)
-        if step < start:
+    if schedule.name == "wsd":
+        if step < plan.decay_start:
             return 1.0
-        return decay_factor((step - start + 1) / decay_steps(total, decay_fraction), shape, final)
-    if name == "multistep":
-        if step < 0.8 * total:
+        return decay_factor((step - plan.decay_start + 1) / (plan.steps - plan.decay_start), schedule.decay_shape,
+                            final)
+    if schedule.name == "multistep":
+        if step < 0.8 * plan.steps:
             return 1.0
-        return 0.316 if step < 0.9 * total else 0.1
-    raise ValueError(f"unknown schedule {name!r}")
+        return 0.316 if step < 0.9 * plan.steps else 0.1
+    raise ValueError(f"unknown schedule {schedule.name!r}")

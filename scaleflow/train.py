@@ -21,51 +21,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from scaleflow import schedules
 from scaleflow.config import run_id
-from scaleflow.counting import Counts, count
 from scaleflow.distributed import Group, any_rank, env_group, mean, setup, teardown
 from scaleflow.data import batch_offsets, check_length, gather, load_corpus, validation_offsets
 from scaleflow.errors import ConfigError, StoreError
 from scaleflow.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from scaleflow.files import read_jsonl, write_text
 from scaleflow.model import GPT
-from scaleflow.plan import check_length as check_run_length, run_steps
+from scaleflow.plan import RunPlan, plan_run
 from scaleflow.run_files import (append_metrics, json_line, set_aside_earlier_results, truncate_metrics, write_config,
                                  write_summary)
 
-DEFAULT_STEPS = 200  # run length when none of trainer.steps/tokens/flops is given
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s
 
 
-@dataclass
-class Plan:
-    """A run's length and shape, derived from its config (all counts resolved)."""
-
-    steps: int
-    warmup: int
-    tokens_per_step: int
-    flops_per_token: float  # with trainer.flop_count
-    counts: Counts
-
-
-def plan_run(cfg) -> Plan:
-    """Steps, warmup and counts of a run. Raises ConfigError for a run shorter than a step."""
-    model_cfg = OmegaConf.to_object(cfg.model) if isinstance(cfg.model, DictConfig) else cfg.model
-    counts = count(model_cfg)
-    t = cfg.trainer
-    tokens_per_step = t.batch_size * cfg.model.seq_len
-    fpt = counts.flops_per_token(t.flop_count)
-    steps = run_steps(t, counts, tokens_per_step)
-    if steps is None:
-        steps = DEFAULT_STEPS
-    return Plan(steps, check_run_length(cfg.schedule, steps, tokens_per_step), tokens_per_step, fpt, counts)
-
-
-def lr_at(cfg, plan: Plan, step: int) -> float:
-    s = cfg.schedule
-    factor = schedules.lr_factor(
-        step, plan.steps, s.name, plan.warmup, s.final_lr_fraction, s.decay_fraction, s.decay_shape
-    )
-    return cfg.optim.lr * factor
+def lr_at(cfg, plan: RunPlan, step: int) -> float:
+    return cfg.optim.lr * schedules.lr_factor(step, plan.schedule, cfg.schedule)
 
 
 def pick_device(name: str) -> torch.device:
@@ -249,7 +219,7 @@ def resume_or_fork(s: Session, cfg, run_dir: Path, state: dict, init_from: Optio
     return ckpt["step"]
 
 
-def train_step(s: Session, cfg, plan: Plan, step: int):
+def train_step(s: Session, cfg, plan: RunPlan, step: int):
     """One optimizer step on the global batch of `step` (this rank's share, in micro-batches);
     (lr, mean train loss as a tensor, gradient norm before clipping, noise scale or None)."""
     t = cfg.trainer
@@ -294,7 +264,7 @@ def save_state(s: Session, run_dir: Path, step: int, state: dict, keep_last: int
 class Throughput:
     """tokens/s and MFU over each log interval (wall clock: logged, never compared)."""
 
-    def __init__(self, plan: Plan, device: torch.device, start: int):
+    def __init__(self, plan: RunPlan, device: torch.device, start: int):
         self.plan, self.peak = plan, peak_flops(device)
         self.last_time, self.last_step = time.time(), start
 

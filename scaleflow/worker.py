@@ -98,7 +98,7 @@ def train_interruptible(cfg, run_dir: Path, flag: StopFlag | None = None, **trai
 def _finished_summary(run_dir: Path, cfg) -> dict | None:
     """The summary of a run that already ended (done or diverged) at its planned length."""
     from scaleflow.files import read_json
-    from scaleflow.train import plan_run
+    from scaleflow.plan import plan_run
 
     summary = read_json(run_dir / "summary.json")
     if not cfg.resume or summary is None or summary.get("status") not in ("done", "diverged"):

@@ -195,13 +195,13 @@ def test_cli_dry_run_refuses_what_a_worker_would_refuse(study_file, tmp_path):
 
 
 def test_the_plan_time_length_check_gives_the_trainers_verdicts():
-    """The planner (plan.check_length, no torch) and the trainer (train.plan_run) accept and
+    """The planner (plan.check_length, no torch) and the trainer (plan.plan_run) accept and
     refuse the same runs, with the same warmup: the trainer must keep using the plan's check."""
     from omegaconf import OmegaConf
 
     from scaleflow.config import Config
     from scaleflow.plan import check_length
-    from scaleflow.train import plan_run
+    from scaleflow.plan import plan_run
 
     cfg = OmegaConf.structured(Config)
     cfg.model.seq_len, cfg.trainer.batch_size = 32, 8
