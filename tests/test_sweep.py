@@ -235,3 +235,18 @@ def test_a_key_of_another_launcher_is_a_one_line_error(study_file, tmp_path):
     slurm = run_cli("sweep", "isoflop", str(study_file), f"study_dir={tmp_path / 's'}", "launcher=slurm", "--dry-run")
     assert slurm.returncode == 2 and "Key 'max_parallel' not in 'SlurmLauncherConfig'" in slurm.stderr  # the study's
     assert len(slurm.stderr.strip().splitlines()) == 1
+
+
+def test_a_script_without_a_main_guard_runs_its_study_once(study_file, tmp_path):
+    """A user's script that calls sweep() at module level, with no `if __name__ == "__main__"`
+    guard: its jobs are forked, and none of them runs the script again."""
+    ran = tmp_path / "ran"
+    script = tmp_path / "my_study.py"
+    script.write_text(
+        "from scaleflow.config import compose_study\nfrom scaleflow.sweep import sweep\n"
+        f"with open({str(ran)!r}, 'a') as f:\n    f.write('once ')\n"
+        f"report = sweep(compose_study({str(study_file)!r}, ['study_dir={tmp_path / 's'}', 'study.budgets=[2e9]']), "
+        "'isoflop')\nassert report.launched == 2 and not report.outcome.failed, report.outcome\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert ran.read_text() == "once "

@@ -17,6 +17,8 @@ import signal
 import subprocess
 import sys
 import time
+import types
+from contextlib import contextmanager
 from pathlib import Path
 
 from scaleflow.launch.base import Job, LaunchOutcome
@@ -51,7 +53,8 @@ class LocalLauncher:
             assert command[1:3] == ["-m", "scaleflow.worker"], command
             process = _fork_server().Process(target=_forked_worker,
                                              args=(command[3:], env, str(Path(job.run_dir) / "worker.log")))
-            process.start()
+            with _main_module_left_alone():
+                process.start()
             return _ForkedJob(process)
         log = open(Path(job.run_dir) / "worker.log", "a")
         proc = subprocess.Popen(job.command(threads=self.threads), env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -113,6 +116,21 @@ def _fork_server():
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["scaleflow.worker", "scaleflow.train", "torch._dynamo"])
     return context
+
+
+@contextmanager
+def _main_module_left_alone():
+    """multiprocessing would run the launching program's main module again in each forked job
+    (its "safe importing of the main module" rule): a user's script that calls
+    `scaleflow.sweep.sweep` without an `if __name__ == "__main__"` guard would start its study
+    again in every job. A job needs nothing from that module: show multiprocessing a bare one
+    while it records what the job should prepare."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def _forked_worker(argv: list[str], env: dict[str, str], log_path: str) -> None:
