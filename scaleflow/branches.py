@@ -197,8 +197,9 @@ def jobs(specs: list[RunSpec], dirs: list[Path], skip: set[str]) -> list[Job]:
         if spec.run_id not in skip and reached < spec.steps:
             out.append(Job(run_dir, spec.label, spec.steps - reached, after=previous, world_size=world_size))
     for spec, run_dir in zip(specs, dirs):
-        if spec.kind != "branch" or spec.run_id in skip:
-            continue
-        out.append(Job(run_dir, spec.label, spec.steps - spec.fork_step, after=maker.get((spec.parent, spec.fork_step)),
+        fork = (spec.parent, spec.fork_step)
+        if spec.kind != "branch" or spec.run_id in skip or fork not in maker:
+            continue  # not in maker: another process trains its trunk; a later sweep runs the branch
+        out.append(Job(run_dir, spec.label, spec.steps - spec.fork_step, after=maker[fork],
                        world_size=spec.config["trainer"]["world_size"]))
     return out

@@ -146,3 +146,16 @@ def test_a_decay_variant_its_workers_would_refuse_is_refused_at_plan_time(study_
     with pytest.raises(ConfigError) as at_start:
         execute_run(run_dir)
     assert str(refused.value).endswith(str(at_start.value))
+
+
+def test_branches_of_a_trunk_another_process_trains_wait_for_a_later_sweep(study_file, tmp_path):
+    """While another process holds the trunk (its lock), the sweep starts neither the trunk nor
+    the branches whose fork checkpoints do not exist yet: nothing fails."""
+    from scaleflow.lock import run_lock
+    from scaleflow.sweep import plan_study
+
+    cfg = compose_study(str(study_file), [f"study_dir={tmp_path / 's'}"])
+    trunk = next(s for s in plan_study(cfg, "decay_branches") if s.kind == "trunk")
+    with run_lock(tmp_path / "s" / trunk.run_id):
+        report = decay_branches(cfg)
+    assert report.launched == 0 and report.outcome is None
