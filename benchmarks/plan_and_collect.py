@@ -19,10 +19,10 @@ from pathlib import Path
 STUDY = """
 defaults:
   - config
+  - study: isoflop
   - _self_
 study:
   name: bench1000
-  kind: isoflop
   budgets: [1e17, 3e17, 1e18, 3e18, 1e19, 3e19]
   widths: [256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024, 1152, 1280, 1408, 1536]
   depths: [4, 6, 8, 10, 12, 14, 16, 20, 24, 28]

@@ -86,6 +86,9 @@ def _variants(cfg) -> list[dict]:
 
 def plan(cfg, shapes: Optional[list[dict]] = None) -> list[RunSpec]:
     """Trunks and branches for every model of the study (or for `shapes`)."""
+    if cfg.command.template is not None:
+        raise ConfigError("decay branches fork scaleflow's own checkpoints: a study with command.template "
+                          "(an external trainer) cannot be branched; run its budgets as an isoflop study")
     base = _plain(cfg)
     t = cfg.trainer
     specs = []

@@ -140,6 +140,20 @@ def _print_plan(specs, throughput: float, title: str) -> None:
                   f"at {throughput:.3g} FLOP/s (study.throughput), one run at a time[/]")
 
 
+def _print_commands(specs, study_dir: Path) -> None:
+    """An external trainer's exact command per run (plain lines: they are meant to be copied)."""
+    import shlex
+
+    from scaleflow.plan import planned_command
+
+    if not specs or specs[0].config["command"]["template"] is None:
+        return
+    console.print("commands (first attempt; cwd " + str(specs[0].config["command"]["cwd"]) + "):")
+    for spec in specs:
+        console.print(f"{spec.run_id}: {shlex.join(planned_command(spec, study_dir.resolve() / spec.run_id))}",
+                      markup=False, highlight=False, soft_wrap=True)
+
+
 def _run_sweep(kind: str, args: Optional[list[str]], default: str, dry_run: bool, force: bool) -> None:
     from scaleflow.config import compose_study
     from scaleflow.store import study_dir_for
@@ -151,6 +165,7 @@ def _run_sweep(kind: str, args: Optional[list[str]], default: str, dry_run: bool
         specs = plan_study(cfg, kind)
         _print_plan(specs, cfg.study.throughput, f"{cfg.study.name}: plan (dry run, nothing launched)")
         console.print(f"study directory: {study_dir_for(cfg)}")
+        _print_commands(specs, study_dir_for(cfg))
         return
     report = sweep(cfg, kind, force=force, console=console)
     _print_outcome(report)
@@ -207,6 +222,9 @@ def status(study_dir: Annotated[Path, typer.Argument(help="a study directory, e.
     console.print(_table(f"{study_dir}", rows, ["run", "kind", "label", "state", "progress", "last loss", "job"]))
     counts = {name: sum(s.state == name for s in states) for name in dict.fromkeys(s.state for s in states)}
     console.print(", ".join(f"{n} {name}" for name, n in counts.items()) or "no runs")
+    for s in states:
+        if s.reason:
+            console.print(f"{s.run_dir.name} failed: {s.reason}", markup=False, highlight=False, soft_wrap=True)
     _print_branch_accounting(study_dir)
     if counts.get("failed"):
         raise typer.Exit(EXIT_FAILED)

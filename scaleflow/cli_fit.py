@@ -1,6 +1,7 @@
-"""`scaleflow fit` and `scaleflow predict`: parse, call `scaleflow.fit.api`, render with rich.
+"""`scaleflow fit`, `scaleflow predict` and `scaleflow import`: parse, call `scaleflow.fit.api`
+(or `scaleflow.importers`), render with rich.
 
-`register(app)` adds both commands to the main typer app. Nothing heavy is imported at
+`register(app)` adds the three commands to the main typer app. Nothing heavy is imported at
 module level (no numpy, pandas, scipy, matplotlib, and never torch): `--help` stays instant.
 Bad input raises ScaleflowError; the main entry point turns it into one line and exit code 2.
 """
@@ -70,8 +71,15 @@ def _print_json(d: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(d) + "\n")
 
 
+From = Annotated[Optional[str], typer.Option("--from", help="Read SOURCE as results of another tool: wandb (a "
+                                             "runs-table CSV export), tensorboard (a log directory, a run per "
+                                             "folder) or mlflow (an mlruns file store).", show_default=False)]
+
+
 def fit(
-    source: Annotated[str, typer.Argument(help="CSV or parquet table, or a study directory.")],
+    source: Annotated[str, typer.Argument(help="CSV or parquet table, or a study directory (or, with --from, "
+                                          "a W&B export, TensorBoard logs, an MLflow store).")],
+    from_: From = None,
     law: Annotated[str, typer.Option("--law", help=law_help())] = "chinchilla",
     col: Annotated[Optional[list[str]], typer.Option("--col", help="Map a column: name=Column (repeatable), "
                                                      "e.g. --col params=\"Model Size\".")] = None,
@@ -94,6 +102,7 @@ def fit(
 ) -> None:
     """Fit scaling laws (Chinchilla approaches 1-3, power law, LR / batch size) to a study or a table."""
     from scaleflow.fit.api import FitOptions, fit as run_fit
+    from scaleflow.fit.prepare import ImportSource
     from scaleflow.report import disagreement, flops_line, sections, warnings_of, write
 
     if not huber_delta > 0:
@@ -101,7 +110,7 @@ def fit(
     options = FitOptions(law=law, columns=_columns(col), where=where, param_count=param_count,
                          n_bootstrap=bootstrap, huber_delta=huber_delta, predict=_floats(predict, "--predict"),
                          holdout_largest=holdout_largest, seed=seed, history=str(history) if history else None)
-    run = run_fit(source, options)
+    run = run_fit(ImportSource(source, from_) if from_ else source, options)
     d = run.to_dict()
     written = write(run, out, "scaleflow " + shlex.join(sys.argv[1:])) if out is not None else []
     if as_json:
@@ -156,7 +165,28 @@ def predict(
                 [[r["approach"], r["params"], fmt_ci(r["params_ci"]), r["flops"]] for r in d["smallest_model"]])
 
 
+def import_results(
+    kind: Annotated[str, typer.Argument(help="wandb, tensorboard or mlflow.", show_default=False)],
+    source: Annotated[str, typer.Argument(help="A W&B runs-table CSV export, a TensorBoard log directory or "
+                                          "an MLflow store (mlruns/ or one experiment's folder).")],
+    out: Annotated[Path, typer.Option("--out", help="The table to write: .csv or .parquet.", show_default=False)],
+) -> None:
+    """Write another tool's runs as a table (one row per finished run) to inspect or edit before `fit`."""
+    from rich.markup import escape
+
+    from scaleflow.importers import import_to
+
+    table, notes = import_to(kind, source, out)
+    err = _console(stderr=True)
+    for note in notes:
+        err.print(f"[yellow]note: {escape(note)}[/]", markup=True, highlight=False)
+    names = [str(c) for c in table.columns]
+    _console().print(f"wrote {len(table)} runs x {len(names)} columns to {out}: {', '.join(names[:30])}"
+                     + (f", ... ({len(names) - 30} more)" if len(names) > 30 else ""), markup=False, highlight=False)
+
+
 def register(app: typer.Typer) -> None:
-    """Add the `fit` and `predict` commands to the main app."""
+    """Add the `fit`, `predict` and `import` commands to the main app."""
     app.command("fit")(fit)
     app.command("predict")(predict)
+    app.command("import")(import_results)

@@ -25,7 +25,7 @@ _SUMMARY_COLUMNS = (
     "flops_6n_non_embedding", "flops_6n_with_head", "flops_6n_total", "flops_deepseek", "flops_chinchilla",
     "tokens", "steps", "lr", "batch_size", "batch_tokens", "seq_len", "n_layer", "d_model", "n_head",
     "parametrization", "schedule", "decay_shape", "decay_fraction", "seed", "wall_time_s", "diverged_step",
-    "flop_count",
+    "flop_count", "params_source",
 )
 
 
@@ -45,7 +45,9 @@ def collect(study_dir: Path, progress: Optional[Callable[[int], None]] = None) -
         row = {"run_id": run_dir.name, "kind": meta.get("kind", "run"), "parent": meta.get("parent"),
                "fork_step": meta.get("fork_step"), "budget": meta.get("budget"), "label": meta.get("label", "")}
         row.update({k: summary.get(k) for k in _SUMMARY_COLUMNS})
-        row["loss"] = summary.get("val_loss")
+        # An external trainer that logged no validation loss: its last training loss (loss_source says so).
+        row["loss"] = summary.get("val_loss") if summary.get("val_loss") is not None else summary.get("final_train_loss")
+        row["loss_source"] = summary.get("loss_source", "val")
         row["diverged"] = summary.get("status") == "diverged"
         rows.append(row)
         for line in read_jsonl(run_dir / "metrics.jsonl"):
@@ -61,7 +63,7 @@ def collect(study_dir: Path, progress: Optional[Callable[[int], None]] = None) -
                                "params_with_head": row["params_with_head"], "params_total": row["params_total"]})
     if skipped:
         warnings.insert(0, f"skipped {skipped} unfinished or corrupt run(s)")
-    runs = pd.DataFrame(rows, columns=["run_id", "kind", "parent", "fork_step", "budget", "label", *_SUMMARY_COLUMNS, "loss", "diverged"])
+    runs = pd.DataFrame(rows, columns=["run_id", "kind", "parent", "fork_step", "budget", "label", *_SUMMARY_COLUMNS, "loss", "loss_source", "diverged"])
     return Collected(runs, pd.DataFrame(curves), skipped, warnings, pd.DataFrame(history))
 
 

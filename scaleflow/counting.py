@@ -49,7 +49,26 @@ def _mlp_matrix_params(cfg: ModelConfig) -> int:
 
 
 def count(cfg: ModelConfig) -> Counts:
-    """All counts for a model shape. Matches `GPT(cfg).num_params()` for `total`."""
+    """All counts for a model shape. Matches `GPT(cfg).num_params()` for `total`. A model
+    given by its counts (model.params, model.flops_per_token: an external trainer's) has
+    those: params for every parameter count, flops_per_token (default 6 x params) for every
+    FLOP count."""
+    if cfg.params is not None or cfg.flops_per_token is not None:
+        return _given(cfg)
+    return _counted(cfg)
+
+
+def _given(cfg: ModelConfig) -> Counts:
+    shape = _counted(cfg)
+    n = int(cfg.params) if cfg.params is not None else None
+    per_token = float(cfg.flops_per_token) if cfg.flops_per_token is not None else 6.0 * n
+    params = {k: n for k in ("non_embedding", "with_head", "total")} if n is not None else {
+        k: shape.params(k) for k in ("non_embedding", "with_head", "total")}
+    return Counts(**{f"params_{k}": v for k, v in params.items()},
+                  **{f"flops_{k}": per_token for k in ("6n_non_embedding", "6n_with_head", "6n_total", "deepseek", "chinchilla")})
+
+
+def _counted(cfg: ModelConfig) -> Counts:
     d, n_layer, ff, vocab, seq = cfg.d_model, cfg.n_layer, cfg.ff_width, cfg.vocab_size, cfg.seq_len
     head_dim = d // cfg.n_head
     norm = d * (2 if cfg.norm == "layernorm" and cfg.bias else 1)

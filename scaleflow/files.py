@@ -75,15 +75,11 @@ def read_json(path: Path) -> dict | None:
 
 
 def read_jsonl(path: Path) -> Iterator[dict]:
-    """The valid JSON-object lines of a file; a torn or corrupt line is skipped."""
+    """The valid JSON-object lines of a file, read as the run contract reads them
+    (runlog.read_lines): a torn or corrupt line is skipped, non-finite values restored."""
+    from scaleflow import runlog
+
     try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(obj, dict):
-                    yield obj
+        yield from runlog.read_lines(path)
     except OSError:
         return

@@ -14,7 +14,9 @@ so a --dry-run, refuses what a worker would refuse only once it starts.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -103,7 +105,8 @@ def ladder(cfg) -> list[dict]:
     else:
         shapes = [
             {**base, "d_model": w, "n_layer": d, "n_head": max(1, w // s.head_size)}
-            for d in s.depths for w in s.widths if s.aspect_min <= w / d <= s.aspect_max
+            for d in s.depths for w in s.widths
+            if s.aspect_min <= w / d and (s.aspect_max is None or w / d <= s.aspect_max)
         ]
     if not shapes:
         raise ConfigError("the model ladder is empty: give study.shapes, or study.widths and study.depths "
@@ -134,6 +137,8 @@ def make_spec(base: dict, shape: dict, steps: int, **meta) -> RunSpec:
     config["model"] = shape
     config["trainer"].update(steps=steps, tokens=0.0, flops=0.0)
     config["run_dir"] = config["study_dir"] = ""
+    if config["command"]["template"] is not None and config["command"]["cwd"] is None:
+        config["command"]["cwd"] = os.getcwd()  # where the study is planned: the command's relative paths start there
     counts = count(model_config(shape))
     spec = RunSpec(config, run_id(config), counts, steps, config["trainer"]["batch_size"] * shape["seq_len"], **meta)
     check_runnable(spec)
@@ -162,6 +167,8 @@ def check_runnable(spec: RunSpec) -> None:
         config = _Attrs(spec.config)
         validate(config)
         check_length(config.schedule, spec.steps, spec.tokens_per_step)
+        if config.command.template is not None:
+            planned_command(spec, Path("RUN_DIR"))  # an unknown placeholder fails here, not in the job
     except ConfigError as exc:
         raise ConfigError(f"planned run {spec.run_id} ({spec.label or spec.kind}): {exc}") from None
 
@@ -220,6 +227,22 @@ def plan_run(cfg) -> RunPlan:
                    counts.flops_per_token(t.flop_count), counts)
 
 
+def spec_plan(spec: RunSpec) -> RunPlan:
+    """The RunPlan of a planned run, as its worker's plan_run will build it."""
+    schedule = _Attrs(spec.config["schedule"])
+    warmup = check_length(schedule, spec.steps, spec.tokens_per_step)
+    return RunPlan(schedules.StepPlan.of(spec.steps, warmup, schedule), spec.tokens_per_step, spec.flops_per_token,
+                   spec.counts)
+
+
+def planned_command(spec: RunSpec, run_dir: Path) -> list[str]:
+    """The exact arguments an external trainer's run will start with (its first attempt)."""
+    from scaleflow.external.template import command_argv, run_values
+
+    values = run_values(spec.config, spec_plan(spec), run_dir, spec.run_id)
+    return command_argv(_Attrs(spec.config["command"]), values)
+
+
 def steps_for_flops(flops: float, counts: Counts, flop_count: str, tokens_per_step: int) -> int:
     """Whole steps of `tokens_per_step` tokens that fit in `flops` training FLOPs."""
     return int(flops / counts.flops_per_token(flop_count) // tokens_per_step)
@@ -253,7 +276,7 @@ def isoflop(cfg) -> list[RunSpec]:
             if steps < cfg.study.min_steps:
                 continue
             tokens_per_param = steps * t.batch_size * shape["seq_len"] / counts.params(t.param_count)
-            if cfg.study.max_tokens_per_param and tokens_per_param > cfg.study.max_tokens_per_param:
+            if cfg.study.max_tokens_per_param is not None and tokens_per_param > cfg.study.max_tokens_per_param:
                 continue
             specs.append(make_spec(base, shape, steps, budget=budget, label=_label(counts, t.param_count, budget)))
     _check_nonempty(specs, budgets, cfg)

@@ -5,14 +5,13 @@ once the run ends, and previous/<n>/ for an earlier run's results (resume=false)
 from __future__ import annotations
 
 import errno
-import json
 import math
-import os
 from pathlib import Path
 from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from scaleflow import runlog
 from scaleflow.errors import StoreError
 from scaleflow.files import read_jsonl, write_json, write_text
 
@@ -38,12 +37,10 @@ def write_config(run_dir: Path, cfg, this_id: str) -> None:
 
 
 def append_metrics(path: Path, line: dict) -> None:
-    """Append one metrics line. A torn last line (a kill mid-write) is skipped by readers."""
+    """Append one metrics line, fsynced, with the run contract's own writer (runlog.py, what
+    an external trainer uses too). A torn last line (a kill mid-write) is skipped by readers."""
     try:
-        with open(path, "a") as f:
-            f.write(json_line(line))
-            f.flush()
-            os.fsync(f.fileno())
+        runlog.append_line(path, line)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StoreError(f"no space left on the device to write {path}; the run can resume from its last checkpoint") from None
@@ -56,7 +53,8 @@ def _mean(values) -> Optional[float]:
 
 
 def json_line(line: dict) -> str:
-    return json.dumps(line) + "\n"
+    """A metrics line as the run contract writes it (non-finite values kept, docs/contract.md)."""
+    return runlog.encode_line(line).decode()
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -67,12 +65,22 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 def write_summary(run_dir, cfg, plan, corpus, status, diverged_step, this_id, wall) -> dict:
     lines = list(read_jsonl(run_dir / "metrics.jsonl"))
+    summary = summary_fields(cfg, plan, lines, status, diverged_step, this_id, wall, corpus.byte_level)
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def summary_fields(cfg, plan, lines: list[dict], status: str, diverged_step, this_id: str, wall: float,
+                   byte_level: bool, tokens: Optional[float] = None) -> dict:
+    """A finished run's summary.json from its config, plan and metrics lines: what the
+    collector reads (docs/contract.md), for scaleflow's trainer and an external one alike.
+    `tokens`: the training tokens the trainer reported; None: steps x the planned tokens per step."""
     evals = [line for line in lines if line.get("val_loss") is not None]
     final = evals[-1] if evals and status == "done" else None
     steps_done = lines[-1]["step"] if lines else 0
-    tokens = steps_done * plan.tokens_per_step
+    tokens = steps_done * plan.tokens_per_step if tokens is None else tokens
     counts = plan.counts.as_dict()
-    summary = {
+    return {
         "status": status,
         "run_id": this_id,
         "steps": steps_done,
@@ -82,8 +90,9 @@ def write_summary(run_dir, cfg, plan, corpus, status, diverged_step, this_id, wa
         "flop_count": cfg.trainer.flop_count,
         "param_count": cfg.trainer.param_count,
         "params": plan.counts.params(cfg.trainer.param_count),
+        "params_source": "planner",
         "val_loss": final["val_loss"] if final else None,
-        "val_bpb": final["val_loss"] / math.log(2) if final and corpus.byte_level else None,
+        "val_bpb": final["val_loss"] / math.log(2) if final and byte_level else None,
         "initial_val_loss": lines[0].get("val_loss") if lines else None,
         # Throughput over the log intervals after the first (which includes start-up).
         "tokens_per_s": _mean(line.get("tokens_per_s") for line in lines[2:]),
@@ -106,5 +115,3 @@ def write_summary(run_dir, cfg, plan, corpus, status, diverged_step, this_id, wa
         **{k: v for k, v in counts.items() if k.startswith("params_")},
         **{k: v * tokens for k, v in counts.items() if k.startswith("flops_")},
     }
-    write_json(run_dir / "summary.json", summary)
-    return summary

@@ -105,6 +105,7 @@ class RunState:
     job_id: Optional[str]
     budget: Optional[float]
     parent: Optional[str]
+    reason: Optional[str] = None  # why a run failed, when its worker could say (summary.json "error")
 
     @property
     def progress(self) -> float:
@@ -139,6 +140,7 @@ def run_state(run_dir: Path, scheduler_states: Optional[dict[str, str]] = None) 
     last = last_metrics(run_dir) or {}
     loss = last.get("train_loss", last.get("val_loss"))
     job_id = job.get("job_id")
+    failed = summary is not None and summary.get("status") == "failed"
     if summary is not None and summary.get("status") in ("done", "diverged"):
         state = summary["status"]
         loss = summary.get("val_loss") or loss
@@ -148,14 +150,15 @@ def run_state(run_dir: Path, scheduler_states: Optional[dict[str, str]] = None) 
         state = "running" if scheduler_states[job_id] in ("RUNNING", "COMPLETING") else "queued"
     elif job.get("exit_code") == 3 or job.get("state") == "stopped":
         state = "stopped"
-    elif job.get("exit_code") not in (None, 0) or (job_id and scheduler_states is not None):
+    elif job.get("exit_code") not in (None, 0) or (job_id and scheduler_states is not None) or failed:
         state = "failed"  # a scheduler's job gone from its queue without a summary failed
     elif last.get("step"):
         state = "stopped"
     else:
         state = "planned"
     return RunState(run_dir, state, meta.get("kind", "run"), meta.get("label", ""), int(last.get("step", 0)),
-                    int(meta.get("steps", 0)), loss, job_id, meta.get("budget"), meta.get("parent"))
+                    int(meta.get("steps", 0)), loss, job_id, meta.get("budget"), meta.get("parent"),
+                    summary.get("error") if state == "failed" and summary else None)
 
 
 def study_states(study_dir: Path, scheduler_states: Optional[dict[str, str]] = None) -> list[RunState]:

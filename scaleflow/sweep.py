@@ -70,8 +70,7 @@ def run_study(cfg, kind: str, force: bool = False, console=None, from_dir: Optio
         report.recreated = sum(job.recreate_fork > 0 for job in jobs)
         report.accounting = branches.accounting(specs)
     else:
-        jobs = [Job(run_dir, spec.label, spec.steps, world_size=spec.config["trainer"]["world_size"])
-                for spec, run_dir in zip(specs, dirs) if spec.run_id not in finished | busy]
+        jobs = [_job(spec, run_dir) for spec, run_dir in zip(specs, dirs) if spec.run_id not in finished | busy]
     report.launched = len(jobs)
     if jobs:
         report.outcome = make_launcher(cfg.launcher, console).launch(jobs)
@@ -83,6 +82,15 @@ def _finished(state: str, run_dir: Path, spec: RunSpec) -> bool:
     if state == "diverged":
         return True
     return state == "done" and (read_json(run_dir / "summary.json") or {}).get("steps", 0) >= spec.steps
+
+
+def _job(spec: RunSpec, run_dir: Path) -> Job:
+    """A run's job. An external command starts its own processes ({run.world_size} in its
+    template), so its job is one process that is given the run's GPUs."""
+    world_size = spec.config["trainer"]["world_size"]
+    if spec.config["command"]["template"] is not None:
+        return Job(run_dir, spec.label, spec.steps, gpus=world_size)
+    return Job(run_dir, spec.label, spec.steps, world_size=world_size, gpus=world_size)
 
 
 def sweep(cfg, kind: str, force: bool = False, console=None) -> StudyReport:

@@ -120,7 +120,7 @@ def _finished_summary(run_dir: Path, cfg) -> dict | None:
     summary = read_json(run_dir / "summary.json")
     if not cfg.resume or summary is None or summary.get("status") not in ("done", "diverged"):
         return None
-    if summary["status"] == "done" and summary.get("steps", 0) < plan_run(cfg).steps:
+    if cfg.trainer.extendable and summary["status"] == "done" and summary.get("steps", 0) < plan_run(cfg).steps:
         return None  # an extended trunk: train on
     return summary
 
@@ -145,12 +145,28 @@ def execute_run(run_dir: Path, threads: int = 0, until: int = 0, flag: StopFlag 
         torch.set_num_threads(threads)
     cfg = load_run_config(run_dir / "config.yaml")
     cfg.resume = resume
+    if cfg.command.template is not None:
+        return _run_external(cfg, run_dir, flag)
     meta = read_json(run_dir / "run.json") or {}
     fork = None
     if meta.get("parent"):
         fork = Fork(run_dir.parent / meta["parent"], meta["parent"], int(meta["fork_step"]))
     return train_interruptible(cfg, run_dir, flag, until=until, fork_steps=tuple(meta.get("fork_steps", ())),
                                init_from=fork)
+
+
+def _run_external(cfg, run_dir: Path, flag: StopFlag | None) -> dict:
+    """An external trainer's run (command.template), under the run's lock like ours."""
+    from scaleflow.external.run import run_command
+
+    with run_lock(run_dir):
+        finished = _finished_summary(run_dir, cfg)
+        if finished is not None:
+            return finished
+        if flag is not None:
+            return run_command(cfg, run_dir, flag, fresh=not cfg.resume)
+        with stop_on_signals(StopFlag()) as own:
+            return run_command(cfg, run_dir, own, fresh=not cfg.resume)
 
 
 def recreate_checkpoint(trunk_dir: Path, step: int) -> None:

@@ -14,11 +14,11 @@ from scaleflow.train import train
 STUDY = """
 defaults:
   - config
+  - study: decay_branches
   - override schedule: wsd
   - _self_
 study:
   name: branches
-  kind: decay_branches
   shapes:
     - {n_layer: 1, d_model: 16, n_head: 2}
   branch_tokens: [25600, 51200]   # 100 and 200 steps of 256 tokens

@@ -211,10 +211,10 @@ def test_divergence_stops_flags_and_is_kept(tmp_path):
 STUDY = """
 defaults:
   - config
+  - study: isoflop
   - _self_
 study:
   name: twice
-  kind: isoflop
   budgets: [3e9]
   shapes:
     - {n_layer: 1, d_model: 8, n_head: 1}

@@ -59,11 +59,11 @@ def test_a_wheel_in_a_fresh_venv_runs_a_built_in_study_from_any_directory(tmp_pa
 USER_STUDY = """
 defaults:
   - config
+  - study: isoflop
   - override model: mine
   - _self_
 study:
   name: my_study
-  kind: isoflop
   budgets: [2e9]
   shapes: [{n_layer: 1, d_model: 8, n_head: 1}, {n_layer: 1, d_model: 16, n_head: 2}]
   min_steps: 10

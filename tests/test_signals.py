@@ -42,10 +42,10 @@ RUN = TINY + DATA + [f"trainer.steps={STEPS}", "trainer.log_every=1", "trainer.e
 STUDY = """
 defaults:
   - config
+  - study: isoflop
   - _self_
 study:
   name: signals
-  kind: isoflop
   budgets: [1.9e9, 2.4e9]
   shapes:
     - {n_layer: 1, d_model: 32, n_head: 2}

@@ -29,10 +29,10 @@ pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not ok, reason=reason)]
 STUDY = """
 defaults:
   - config
+  - study: isoflop
   - _self_
 study:
   name: slurm_micro
-  kind: isoflop
   budgets: [BUDGETS]
   shapes:
     - {n_layer: 1, d_model: 8, n_head: 1}
@@ -197,11 +197,11 @@ def test_a_cancelled_job_shows_failed_and_the_next_sweep_reruns_it(tmp_path):
 BRANCHES = """
 defaults:
   - config
+  - study: decay_branches
   - override schedule: wsd
   - _self_
 study:
   name: slurm_branches
-  kind: decay_branches
   shapes:
     - {n_layer: 1, d_model: 16, n_head: 2}
   branch_grid: "linear:12800:38400:3"

@@ -10,10 +10,10 @@ from scaleflow.sweep import sweep
 STUDY = """
 defaults:
   - config
+  - study: isoflop
   - _self_
 study:
   name: status
-  kind: isoflop
   budgets: [1e9]
   shapes:
     - {n_layer: 1, d_model: 16, n_head: 2}

@@ -17,10 +17,10 @@ from scaleflow.sweep import sweep
 STUDY = """
 defaults:
   - config
+  - study: isoflop
   - _self_
 study:
   name: micro
-  kind: isoflop
   budgets: [2e9, 4e9]
   shapes:
     - {n_layer: 1, d_model: 8, n_head: 1}
@@ -155,12 +155,31 @@ WORKER_REFUSES = {
     # 150-step warmup ends (the other three runs are long enough)
     "isoflop": (["schedule=wsd", "schedule.warmup_steps=150"], "shorter than its warmup"),
     # a grid batch size that grad_accum does not divide
-    "lr_bs": (["study.kind=lr_bs", "study.budgets=[4e9]", "study.shapes=[{n_layer: 1, d_model: 8, n_head: 1}]",
+    "lr_bs": (["study=lr_bs", "study.budgets=[4e9]", "study.shapes=[{n_layer: 1, d_model: 8, n_head: 1}]",
                "study.lrs=[1e-3]", "study.batch_sizes=[8,12]", "trainer.grad_accum=8"], "multiple of trainer.grad_accum"),
     # every width's run is 20 steps: its WSD decay starts at step 16, before a 17-step warmup ends
-    "mup_transfer": (["study.kind=mup_transfer", "study.widths=[16,32]", "study.lrs=[1e-3]", "trainer.steps=20",
+    # (a study file of its own: the isoflop study's budgets and shapes are not mup_transfer keys)
+    "mup_transfer": (["study.widths=[16,32]", "study.lrs=[1e-3]", "trainer.steps=20",
                       "schedule=wsd", "schedule.warmup_steps=17"], "shorter than its warmup"),
 }
+MUP_STUDY = STUDY.replace("study: isoflop", "study: mup_transfer").replace(
+    STUDY[STUDY.index("  budgets"):STUDY.index("  min_steps")], "")
+
+
+def test_a_study_key_of_another_kind_is_an_error(study_file):
+    with pytest.raises(ConfigError, match="lrs"):
+        compose_study(str(study_file), ["study.lrs=[1e-3]"])
+    mup_file = study_file.with_name("mup.yaml")
+    mup_file.write_text(MUP_STUDY.replace("  min_steps", "  budgets: [1e9]\n  min_steps"))
+    with pytest.raises(ConfigError, match="budgets"):
+        compose_study(str(mup_file))
+    # a study file that names its kind as a key instead of in its defaults list is typed the same
+    by_key = study_file.with_name("by_key.yaml")
+    by_key.write_text(STUDY.replace("  - study: isoflop\n", "").replace("  name: micro", "  name: micro\n  kind: isoflop"))
+    assert compose_study(str(by_key)).study.max_tokens_per_param is None
+    by_key.write_text(by_key.read_text().replace("  min_steps", "  lrs: [1e-3]\n  min_steps"))
+    with pytest.raises(ConfigError, match="study.lrs is not a setting of isoflop studies"):
+        compose_study(str(by_key))
 
 
 @pytest.mark.parametrize("kind", sorted(WORKER_REFUSES))
@@ -171,6 +190,8 @@ def test_a_plan_refuses_a_run_its_worker_would_refuse(study_file, tmp_path, monk
     from scaleflow.worker import execute_run
 
     overrides, message = WORKER_REFUSES[kind]
+    if kind == "mup_transfer":
+        study_file.write_text(MUP_STUDY)
     cfg = compose_study(str(study_file), [f"study_dir={tmp_path / 's'}", *overrides])  # the study itself is valid
     with pytest.raises(ConfigError, match=message) as refused:
         plan_study(cfg, kind)

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from scaleflow.config.schema import LAUNCHERS, Config
+from scaleflow.config.schema import LAUNCHERS, STUDIES, Config
 from scaleflow.config.validate import validate
 from scaleflow.errors import ConfigError
 
@@ -29,6 +29,8 @@ def _register_schema() -> None:
     store.store(name="base_config", node=Config)
     for name, schema in LAUNCHERS.items():  # conf/launcher/NAME.yaml starts from NAME_schema
         store.store(group="launcher", name=f"{name}_schema", node=schema)
+    for kind, schema in STUDIES.items():  # a study file's defaults list picks one: `- study: KIND`
+        store.store(group="study", name=kind, node=schema)
 
 
 def _hydra_message(exc: BaseException) -> str:
@@ -58,9 +60,38 @@ def _compose(config_dir: Path, name: str, overrides: list[str]) -> DictConfig:
     finally:
         GlobalHydra.instance().clear()
     with _config_errors():
+        if cfg.study is not None and OmegaConf.get_type(cfg.study) not in STUDIES.values():
+            cfg.study = _typed_study(cfg.study)  # a study file without `- study: KIND`
         OmegaConf.set_struct(cfg, True)
+        _check_study_kind(cfg.study)
         validate(cfg)
     return cfg
+
+
+def _typed_study(values: Any, known_only: bool = False) -> DictConfig:
+    """A study section typed by the schema of its `kind`: a key of another kind is an error.
+    `known_only` drops such keys instead: run configs written before each kind had its own
+    schema carry every kind's keys, and a run's study section is only bookkeeping."""
+    kind = OmegaConf.select(OmegaConf.create(values), "kind", default="isoflop")
+    if kind not in STUDIES:
+        raise ConfigError(f"study.kind={kind!r} is not one of {', '.join(STUDIES)}")
+    schema = STUDIES[kind]
+    unknown = sorted(set(values) - set(schema.__dataclass_fields__))
+    if known_only:
+        values = {k: v for k, v in values.items() if k not in unknown}
+    elif unknown:
+        raise ConfigError(f"study.{unknown[0]} is not a setting of {kind} studies")
+    return OmegaConf.merge(OmegaConf.structured(schema), values)
+
+
+def _check_study_kind(study: Any) -> None:
+    """study.kind is fixed by the schema the study file picked (`- study: KIND`)."""
+    if study is None:
+        return
+    expected = next(kind for kind, schema in STUDIES.items() if OmegaConf.get_type(study) is schema)
+    if study.kind != expected:
+        raise ConfigError(f"study.kind={study.kind!r} contradicts the study's schema ({expected}): "
+                          f"choose the kind with `- study: KIND` in the defaults list (or study=KIND)")
 
 
 def _error_types() -> tuple:
@@ -125,15 +156,20 @@ def compose_study(study: str, overrides: list[str] = ()) -> DictConfig:
 
 
 def typed_config(values: Any) -> DictConfig:
-    """A plain dict (or loaded YAML) as a typed, validated Config."""
+    """A run's config (a plain dict or loaded YAML) as a typed, validated Config."""
     with _config_errors():
         name = OmegaConf.select(OmegaConf.create(values), "launcher.name", default="local")
         if name not in LAUNCHERS:
             raise ConfigError(f"launcher.name={name!r} is not one of {', '.join(LAUNCHERS)}")
         base = OmegaConf.structured(Config)
         base.launcher = OmegaConf.structured(LAUNCHERS[name])
+        values = OmegaConf.create(values)  # a copy: the study is typed apart, by its kind
+        study = values.pop("study", None)
         cfg = OmegaConf.merge(base, values)
+        if study is not None:
+            cfg.study = _typed_study(study, known_only=True)
         OmegaConf.set_struct(cfg, True)
+        _check_study_kind(cfg.study)
         validate(cfg)
     return cfg
 

@@ -25,7 +25,17 @@ def _identity(cfg: Any) -> dict:
     section = run_section(cfg)
     unhashed = _UNHASHED_TRAINER_KEYS + (("steps", "tokens", "flops") if section["trainer"].get("extendable") else ())
     section["trainer"] = {k: v for k, v in section["trainer"].items() if k not in unhashed}
+    # Settings added after the first release count only when set, so that existing runs keep
+    # their ids: an unset (None) model field, and the external command when there is none.
+    section["model"] = {k: v for k, v in section["model"].items() if v is not None}
+    command = cfg.get("command") or {}
+    if command.get("template") is not None:
+        section["command"] = {k: v for k, v in _plain(command).items() if k != "cwd"}  # where it runs is not what it computes
     return section
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def run_id(cfg: Any) -> str:

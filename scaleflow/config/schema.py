@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from scaleflow.errors import ConfigError
 
@@ -43,6 +43,11 @@ class ModelConfig:
     parametrization: str = "sp"  # sp | mup
     init_std: float = 0.02
     mup: MupConfig = field(default_factory=MupConfig)
+    # A model scaleflow does not build (an external trainer's): its parameter count, which then
+    # stands for every count (non_embedding, with_head, total), and its training FLOPs per
+    # token (None: 6 x params). None: both counted from the shape above.
+    params: Optional[float] = None
+    flops_per_token: Optional[float] = None
 
     def __post_init__(self) -> None:
         validate_model(self)
@@ -77,6 +82,9 @@ def validate_model(m: Any) -> None:
     choice("model.mlp", m.mlp, ("gelu", "swiglu"))
     choice("model.pos", m.pos, ("rope", "learned"))
     choice("model.parametrization", m.parametrization, ("sp", "mup"))
+    for name in ("params", "flops_per_token"):
+        if getattr(m, name, None) is not None and not getattr(m, name) > 0:
+            raise ConfigError(f"model.{name} must be positive, got {getattr(m, name)}")
     if m.parametrization == "mup" and m.mup.base_width > m.d_model:
         raise ConfigError(
             f"model.mup.base_width={m.mup.base_width} is larger than model.d_model={m.d_model}"
@@ -147,31 +155,106 @@ class TrainerConfig:
 
 
 @dataclass
+class MetricsSourceConfig:
+    """Where an external trainer's results are read from (docs/contract.md)."""
+
+    # contract: metrics.jsonl (+ result.json) in the run directory, written as docs/contract.md
+    #   says (scaleflow/runlog.py does it); jsonl | csv: the trainer's own log file, its keys
+    #   renamed by `keys`; tensorboard: event files under `path`; json: one final JSON object;
+    #   regex: `regex` over the trainer's stdout, the last match wins.
+    format: str = "contract"
+    path: Optional[str] = None  # file or folder, relative to the run directory (globs allowed)
+    # scaleflow's key -> the trainer's key, column or tag, for step, tokens, train_loss,
+    # val_loss, params; a key not mapped is looked up under its own name.
+    keys: dict[str, str] = field(default_factory=dict)
+    regex: Optional[str] = None  # format=regex: named groups (val_loss or train_loss, step, params)
+    params_regex: Optional[str] = None  # a group `params` over stdout: the trainer's own N
+
+
+@dataclass
+class CommandConfig:
+    """An external training program in place of scaleflow's trainer (docs/own-trainer.md)."""
+
+    # The command as a template over the run's resolved values ({model.n_layer}, {optim.lr},
+    # {run.tokens}, {run.dir}, ...): split into arguments first, each filled in after, so a
+    # value never becomes shell syntax. None: scaleflow's own GPT trainer.
+    template: Optional[str] = None
+    resume_args: Optional[str] = None  # appended (templated) when the run resumes
+    # The run resumes (resume_args, SCALEFLOW_RESUME=1) once a file matching this glob exists in
+    # the run directory (the trainer's checkpoint); None: once an earlier attempt has started.
+    resume_if: Optional[str] = None
+    env: dict[str, str] = field(default_factory=dict)  # extra environment variables (templated)
+    cwd: Optional[str] = None  # working directory; None = where the study was planned
+    metrics: MetricsSourceConfig = field(default_factory=MetricsSourceConfig)
+
+
+@dataclass
 class StudyConfig:
+    """What every study kind has. Each kind has its own schema below, chosen in a study file's
+    defaults list (`- study: isoflop`), so a key of another kind is an error, never ignored."""
+
     name: str = "study"
-    kind: str = "isoflop"  # isoflop | lr_bs | decay_branches | mup_transfer
-    budgets: list[float] = field(default_factory=list)  # training FLOPs per budget
-    # The model ladder: explicit shapes, each a dict of model.* overrides ...
-    shapes: list[Any] = field(default_factory=list)
-    # ... or a width/depth rule: every (width, depth) whose aspect ratio d_model / n_layer
-    # lies in [aspect_min, aspect_max].
-    widths: list[int] = field(default_factory=list)
-    depths: list[int] = field(default_factory=list)
-    aspect_min: float = 0.0
-    aspect_max: float = 1e9
-    head_size: int = 16  # n_head = d_model / head_size for rule-made shapes
-    min_steps: int = 50  # skip a model whose run at a budget would be shorter than this
-    max_tokens_per_param: float = 0.0  # skip (N, C) pairs above this ratio; 0 = no limit
-    lrs: list[float] = field(default_factory=list)  # lr_bs: peak learning rates
-    batch_sizes: list[int] = field(default_factory=list)  # lr_bs: sequences per step
+    kind: str = "isoflop"  # fixed by the schema: isoflop | lr_bs | decay_branches | mup_transfer
     throughput: float = 2e10  # FLOP/s assumed by --dry-run time estimates
-    # decay_branches: budgets in tokens, or as tokens-per-parameter multiples
+
+
+@dataclass
+class LadderStudyConfig(StudyConfig):
+    """A study over a model ladder: explicit shapes, each a dict of model.* overrides, or the
+    width/depth rule (every width x depth with d_model / n_layer in [aspect_min, aspect_max])."""
+
+    shapes: list[Any] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)  # d_model values
+    depths: list[int] = field(default_factory=list)  # n_layer values
+    aspect_min: float = 0.0
+    aspect_max: Optional[float] = None  # None = no upper bound
+    head_size: int = 16  # n_head = d_model / head_size for rule-made shapes
+    min_steps: int = 50  # leave out a run shorter than this many optimizer steps
+
+
+@dataclass
+class IsoflopStudyConfig(LadderStudyConfig):
+    kind: str = "isoflop"
+    budgets: list[float] = field(default_factory=list)  # training FLOPs per budget
+    max_tokens_per_param: Optional[float] = None  # leave out (N, C) pairs above this D/N
+
+
+@dataclass
+class LrBsStudyConfig(LadderStudyConfig):
+    """Peak LR x batch size at each budget, for one model or one per budget."""
+
+    kind: str = "lr_bs"
+    budgets: list[float] = field(default_factory=list)  # training FLOPs per budget
+    lrs: list[float] = field(default_factory=list)  # peak learning rates
+    batch_sizes: list[int] = field(default_factory=list)  # sequences per optimizer step
+
+
+@dataclass
+class DecayBranchesStudyConfig(LadderStudyConfig):
+    """Branch budgets in tokens, as tokens-per-parameter multiples, or as a grid (one of them)."""
+
+    kind: str = "decay_branches"
     branch_tokens: list[float] = field(default_factory=list)
     branch_tokens_per_param: list[float] = field(default_factory=list)
-    branch_grid: str = ""  # "linear:MIN:MAX:N" or "geometric:MIN:MAX:N" (tokens)
+    branch_grid: Optional[str] = None  # "linear:MIN:MAX:N" or "geometric:MIN:MAX:N" (tokens)
     decay_variants: list[Any] = field(default_factory=list)  # [{decay_shape, decay_fraction}]
-    # mup_transfer: LR x width grids, once per parametrization (the run length is trainer.*)
+
+
+@dataclass
+class MupTransferStudyConfig(StudyConfig):
+    """LR x width grids, once per parametrization; every run's length is trainer.*."""
+
+    kind: str = "mup_transfer"
+    widths: list[int] = field(default_factory=list)  # d_model values at depth model.n_layer
+    head_size: int = 16  # n_head = d_model / head_size
+    lrs: list[float] = field(default_factory=list)  # peak learning rates
     parametrizations: list[str] = field(default_factory=lambda: ["sp", "mup"])
+    min_steps: int = 50  # refuse a width whose run is shorter than this many steps
+
+
+#: study kind -> its schema (the `study` config group: `- study: KIND` in a study's defaults).
+STUDIES = {"isoflop": IsoflopStudyConfig, "lr_bs": LrBsStudyConfig,
+           "decay_branches": DecayBranchesStudyConfig, "mup_transfer": MupTransferStudyConfig}
 
 
 @dataclass
@@ -179,8 +262,8 @@ class LocalLauncherConfig:
     """launcher=local: runs on this machine."""
 
     name: str = "local"
-    max_parallel: int = 0  # concurrent runs; 0 = one per GPU, or 2 on CPU
-    threads_per_run: int = 0  # torch threads per run; 0 = cores / max_parallel
+    max_parallel: Optional[int] = None  # concurrent runs; None = one per GPU, or 2 on CPU
+    threads_per_run: Optional[int] = None  # torch threads per run; None = cores / max_parallel
 
 
 @dataclass
@@ -188,22 +271,22 @@ class SlurmLauncherConfig:
     """launcher=slurm: sbatch through submitit."""
 
     name: str = "slurm"
-    partition: str = ""
-    account: str = ""
-    qos: str = ""
+    partition: Optional[str] = None  # None = the cluster's default
+    account: Optional[str] = None
+    qos: Optional[str] = None
     time_min: int = 60  # minutes
     nodes: int = 1
     tasks_per_node: int = 1
     gpus_per_node: int = 0
     cpus_per_task: int = 1
-    mem_gb: float = 0.0  # 0 = cluster default
-    constraint: str = ""
+    mem_gb: Optional[float] = None  # None = the cluster's default
+    constraint: Optional[str] = None
     array_parallelism: int = 64
     max_array_size: int = 1000  # chunk job arrays under the cluster's MaxArraySize
     setup: list[str] = field(default_factory=list)  # lines run before the job (module load...)
     extra: dict[str, Any] = field(default_factory=dict)  # extra sbatch parameters
     signal_delay_s: int = 90  # seconds before the time limit that submitit signals the job
-    python: str = ""  # interpreter on the nodes; "" = this one
+    python: Optional[str] = None  # interpreter on the nodes; None = this one
 
 
 #: launcher.name -> its schema: a key of another launcher is an error, not a silent no-op.
@@ -224,7 +307,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    study: StudyConfig = field(default_factory=StudyConfig)
+    command: CommandConfig = field(default_factory=CommandConfig)
+    study: Any = None  # one of STUDIES (typed by it), chosen by `- study: KIND`; None for a lone run
     launcher: Any = None  # one of LAUNCHERS (typed by it), chosen by launcher=NAME
 
 

@@ -58,6 +58,7 @@ def validate(cfg: Any) -> None:
             f"optim.lr_mult_readout={cfg.optim.lr_mult_readout} needs model.tie_embeddings=false: a tied "
             "readout is the token embedding and trains with optim.lr_mult_embedding"
         )
+    _check_command(cfg)
     choice("launcher.name", cfg.launcher.name, tuple(LAUNCHERS))
     if cfg.launcher.name == "slurm":
         _check_sbatch_values(cfg.launcher)
@@ -65,12 +66,42 @@ def validate(cfg: Any) -> None:
         raise ConfigError("trainer.extendable needs schedule.name=constant and an absolute warmup")
 
 
+METRICS_FORMATS = ("contract", "jsonl", "csv", "tensorboard", "json", "regex")
+
+
+def _check_command(cfg: Any) -> None:
+    """An external trainer's settings (the placeholders are checked by the planner, which
+    knows every run's values)."""
+    c = getattr(cfg, "command", None)
+    if c is None or c.template is None:
+        given = [n for n in ("params", "flops_per_token") if getattr(cfg.model, n, None) is not None]
+        if given:
+            raise ConfigError(f"model.{given[0]} describes a model of an external trainer: set command.template, "
+                              "or leave it out and scaleflow counts its own model")
+        return
+    if not str(c.template).strip():
+        raise ConfigError("command.template is empty: give the command that trains one run")
+    m = c.metrics
+    choice("command.metrics.format", m.format, METRICS_FORMATS)
+    if m.format == "regex" and not m.regex:
+        raise ConfigError("command.metrics.format=regex needs command.metrics.regex (named groups, e.g. (?P<val_loss>...))")
+    for name, pattern in (("regex", m.regex), ("params_regex", m.params_regex)):
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"command.metrics.{name} is not a regular expression: {exc}") from None
+    if m.format in ("jsonl", "csv", "json") and not m.path:
+        raise ConfigError(f"command.metrics.format={m.format} needs command.metrics.path (the trainer's file, in the run directory)")
+
+
 _SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_.,:@%+=/\[\]-]*$")
 
 
 def _check_sbatch_values(launcher: Any) -> None:
     """Values that end up in #SBATCH lines: no newlines, spaces or shell syntax."""
-    values = {f"launcher.{k}": getattr(launcher, k) for k in ("partition", "account", "qos", "constraint", "python")}
+    values = {f"launcher.{k}": getattr(launcher, k) for k in ("partition", "account", "qos", "constraint", "python")
+              if getattr(launcher, k) is not None}
     for key, value in dict(launcher.extra).items():
         values[f"launcher.extra key {key!r}"] = str(key)
         values[f"launcher.extra.{key}"] = str(value)

@@ -1,7 +1,9 @@
 """The table a fit works on: load a source, map its columns, leave out what must not be fitted.
 
 SOURCE is a CSV or parquet table (columns `params, tokens, loss`, optional `flops, lr,
-batch_size, batch_tokens, budget, diverged`) or a study directory (collected on the fly).
+batch_size, batch_tokens, budget, diverged`), a study directory (collected on the fly), or,
+with a kind (`scaleflow fit --from wandb|tensorboard|mlflow`), results read by
+`scaleflow.importers`.
 Units: params in parameters, tokens in tokens, flops in FLOPs, loss in nats/token.
 `prepare` drops WSD trunks, diverged runs and duplicate rows (counted), applies `--where`,
 fills a missing tokens or flops column, fixes the one FLOP count every approach uses, and
@@ -19,8 +21,28 @@ from scaleflow.errors import FitError
 from scaleflow.fit.tables import check_table, numeric_column
 from scaleflow.fit.types import PARAM_COUNTS, SIX_ND, FitData, FitOptions
 
-def load_source(source: str | Path):
-    """(runs table, notes, history or None) from a CSV/parquet file or a study directory."""
+
+class ImportSource(str):
+    """A SOURCE to read with an importer: `ImportSource("runs.csv", "wandb")` is the path (as a
+    str, so `fit.api.fit` takes it as any path) carrying the kind of `--from`."""
+
+    kind: str
+
+    def __new__(cls, path: str | Path, kind: str) -> "ImportSource":
+        self = super().__new__(cls, str(path))
+        self.kind = kind
+        return self
+
+
+def load_source(source: str | Path, kind: str | None = None):
+    """(runs table, notes, history or None) from a CSV/parquet file or a study directory, or,
+    with `kind` (wandb, tensorboard, mlflow; an ImportSource carries its own), an importer."""
+    kind = kind or getattr(source, "kind", None)
+    if kind:
+        from scaleflow.importers import import_table
+
+        runs, notes = import_table(kind, source)
+        return runs, notes, None
     path = Path(source)
     if path.is_dir():
         from scaleflow.collect import collect

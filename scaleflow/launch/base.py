@@ -16,7 +16,8 @@ class Job:
     until: int = 0  # stop, checkpointed, after this many steps (a trunk segment); 0 = to the end
     after: Optional["Job"] = None  # start only once this job has succeeded (SLURM afterok)
     recreate_fork: int = 0  # re-create the run's missing checkpoint at this step, no more (a decay-branch trunk)
-    world_size: int = 1  # data-parallel processes (trainer.world_size)
+    world_size: int = 1  # data-parallel processes of scaleflow's trainer (trainer.world_size), run by torchrun
+    gpus: int = 1  # GPUs the job is given on a GPU machine (an external command starts its own processes)
     job_id: Optional[str] = field(default=None)  # set by the SLURM launcher
 
     def command(self, python: str = "", threads: int = 0) -> list[str]:

@@ -40,14 +40,15 @@ class LocalLauncher:
     def __init__(self, cfg, console=None):
         self.gpus = _gpu_count()
         self.max_parallel = cfg.max_parallel or (self.gpus or 2)
+        self.parallel_given = cfg.max_parallel is not None
         cores = os.cpu_count() or 1
         self.threads = cfg.threads_per_run or max(1, cores // self.max_parallel)
         self.console = console
 
     def _start(self, job: Job, slot: int):
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
-        if self.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
+        if self.gpus:  # slot k of max_parallel holds GPUs k*g .. k*g+g-1 (g GPUs per job)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str((slot * job.gpus + i) % self.gpus) for i in range(job.gpus))
         if job.world_size == 1:
             command = job.command(threads=self.threads)
             assert command[1:3] == ["-m", "scaleflow.worker"], command
@@ -64,6 +65,8 @@ class LocalLauncher:
 
     def launch(self, jobs: list[Job]) -> LaunchOutcome:
         outcome = LaunchOutcome()
+        if self.gpus and not self.parallel_given and jobs:  # jobs of g GPUs each: GPUs / g at a time
+            self.max_parallel = max(1, self.gpus // max(job.gpus for job in jobs))
         pending, running, results = list(jobs), {}, {}
         progress = _Progress(self.console, jobs)
         try:
