@@ -64,18 +64,24 @@ def _table(title: str, rows: list[tuple], columns: list[str]) -> Table:
 def train(overrides: Overrides = None) -> None:
     """Train one run: scaleflow train run_dir=DIR model.n_layer=1 model.d_model=32 model.n_head=2"""
     from scaleflow.config import compose_run, run_id
-    from scaleflow.worker import train_interruptible
+    from scaleflow.worker import train_external, train_interruptible
 
     cfg = compose_run(overrides or [])
     run_dir = Path(cfg.run_dir or f"runs/train/{run_id(cfg)}")
     console.print(f"training run [bold]{run_id(cfg)}[/] into {run_dir}")
-    if cfg.trainer.world_size > 1:
+    if cfg.command.template is not None:  # an external trainer: one run, as a study's job runs it
+        summary = train_external(cfg, run_dir)
+    elif cfg.trainer.world_size > 1:
         summary = _train_data_parallel(cfg, run_dir)
     else:
         summary = train_interruptible(cfg, run_dir)
     if summary["status"] == "interrupted":
-        err_console.print(f"interrupted at step {summary['step']}; resume with resume=true run_dir={run_dir}")
+        at = f" at step {summary['step']}" if summary.get("step") is not None else ""
+        err_console.print(f"interrupted{at}; resume with resume=true run_dir={run_dir}")
         raise typer.Exit(EXIT_CTRL_C)
+    if summary["status"] == "failed":
+        err_console.print(f"error: the run failed: {summary['error']}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_FAILED)
     rows = [(k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in summary.items()]
     console.print(_table(f"run {summary['run_id']}: {summary['status']}", rows, ["field", "value"]))
     if summary["status"] != "done":

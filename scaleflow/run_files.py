@@ -23,7 +23,7 @@ def set_aside_earlier_results(run_dir: Path) -> None:
     this run picks up."""
     from scaleflow.store import archive
 
-    if any((run_dir / name).exists() for name in ("summary.json", "metrics.jsonl", "checkpoints")):
+    if any((run_dir / name).exists() for name in ("summary.json", "metrics.jsonl", "checkpoints", "stdout.log")):
         archive(run_dir)
 
 

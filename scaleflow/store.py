@@ -82,7 +82,8 @@ def archive(run_dir: Path) -> None:
     """Move a run's results aside (to previous/<n>/) so that it trains again from scratch."""
     target = run_dir / "previous" / str(len(list((run_dir / "previous").glob("*"))) if (run_dir / "previous").exists() else 0)
     target.mkdir(parents=True)
-    for name in ("summary.json", "metrics.jsonl", "checkpoints", "job.json"):
+    # stdout.log, stderr.log, result.json: an external trainer's (its own files are its business)
+    for name in ("summary.json", "metrics.jsonl", "checkpoints", "job.json", "stdout.log", "stderr.log", "result.json"):
         if (run_dir / name).exists():
             shutil.move(str(run_dir / name), str(target / name))
 

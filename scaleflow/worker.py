@@ -155,6 +155,19 @@ def execute_run(run_dir: Path, threads: int = 0, until: int = 0, flag: StopFlag 
                                init_from=fork)
 
 
+def train_external(cfg, run_dir: Path) -> dict:
+    """`scaleflow train` of an external trainer: the run directory gets the config, then the
+    command runs as in a study's job (resume=true resumes it; without it, from scratch)."""
+    from scaleflow.config import run_id
+    from scaleflow.run_files import set_aside_earlier_results, write_config
+
+    run_dir = Path(run_dir)
+    if not cfg.resume:
+        set_aside_earlier_results(run_dir)
+    write_config(run_dir, cfg, run_id(cfg))
+    return _run_external(cfg, run_dir, None)
+
+
 def _run_external(cfg, run_dir: Path, flag: StopFlag | None) -> dict:
     """An external trainer's run (command.template), under the run's lock like ours."""
     from scaleflow.external.run import run_command

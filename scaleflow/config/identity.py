@@ -30,7 +30,8 @@ def _identity(cfg: Any) -> dict:
     section["model"] = {k: v for k, v in section["model"].items() if v is not None}
     command = cfg.get("command") or {}
     if command.get("template") is not None:
-        section["command"] = {k: v for k, v in _plain(command).items() if k != "cwd"}  # where it runs is not what it computes
+        # Where it runs and how its results are read are not what it computes.
+        section["command"] = {k: v for k, v in _plain(command).items() if k not in ("cwd", "metrics")}
     return section
 
 

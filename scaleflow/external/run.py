@@ -50,15 +50,20 @@ def run_command(cfg: Any, run_dir: Path, flag: Any, fresh: bool = False) -> dict
     print(f"running {shlex.join(argv)} (cwd {cwd}, resume={resume})", flush=True)
     started = time.time()
     code, reason = _run(argv, cwd, env, run_dir, flag)
-    if flag():
-        return {"status": "interrupted", "run_id": this_id}
+    interrupted = {"status": "interrupted", "run_id": this_id, "step": None}
+    if flag() and code != 0:
+        return interrupted
     if reason is None and code != 0:
         reason = f"the command exited with code {code}{_last_line(run_dir / STDERR)}"
-    if reason is None:
+    if reason is None:  # exit 0, perhaps just after a stop signal: finished if its results say so
         try:
             report = read_report(run_dir, cfg.command.metrics, run_dir / STDOUT)
+            if flag() and report.lines[-1]["step"] < plan.steps:
+                return interrupted
             return _finish(cfg, plan, this_id, run_dir, report, time.time() - started)
         except ContractError as exc:
+            if flag():
+                return interrupted
             reason = f"the command exited 0 but {exc}"
     return _fail(run_dir, this_id, reason)
 

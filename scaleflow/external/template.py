@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ RUN_KEYS = {
     "lr": "peak learning rate",
     "warmup_steps": "optimizer steps of warmup",
     "decay_start": "first step of a WSD decay (= steps for other schedules)",
+    "micro_batch_size": "sequences per process per forward pass (batch_size / grad_accum / world_size)",
+    "final_lr": "the learning rate at the end of the schedule (lr x final_lr_fraction; lr for constant)",
+    "python": "the interpreter running scaleflow (its packages, whatever PATH says)",
     "world_size": "processes (trainer.world_size)",
     "gpus": "GPUs the run may use (trainer.world_size on a GPU machine, else 0)",
     "seed": "the run's seed",
@@ -54,8 +58,11 @@ def run_values(cfg: Any, plan: Any, run_dir: Path, run_id: str, gpus: int = 0) -
         "tokens": plan.steps * plan.tokens_per_step, "flops": plan.steps * plan.tokens_per_step * plan.flops_per_token,
         "params": plan.counts.params(t["param_count"]), "tokens_per_step": plan.tokens_per_step,
         "batch_size": t["batch_size"], "seq_len": config["model"]["seq_len"], "lr": config["optim"]["lr"],
-        "warmup_steps": plan.warmup, "decay_start": plan.schedule.decay_start, "world_size": t["world_size"],
-        "gpus": gpus, "seed": config["seed"],
+        "warmup_steps": plan.warmup, "decay_start": plan.schedule.decay_start,
+        "micro_batch_size": t["batch_size"] // t["grad_accum"] // t["world_size"],
+        "final_lr": config["optim"]["lr"] * (1.0 if config["schedule"]["name"] == "constant"
+                                             else config["schedule"]["final_lr_fraction"]),
+        "python": sys.executable, "world_size": t["world_size"], "gpus": gpus, "seed": config["seed"],
     }
     values.update({f"run.{k}": v for k, v in run.items()})
     return values
@@ -71,14 +78,13 @@ def _flatten(node: Any, prefix: str) -> dict[str, Any]:
 
 
 def render(value: Any) -> str:
-    """A value as one command-line word: integral floats without a fraction (1e9 -> 1000000000),
-    other floats exactly (repr), lists comma-separated, None as an empty string."""
+    """A value as one command-line word, as Python writes it: floats exactly (3e-4 -> 0.0003,
+    1.0 -> 1.0, so a float flag gets a float), booleans True/False, lists comma-separated,
+    None as an empty string. Counts (steps, tokens, parameters) are integers already."""
     if value is None:
         return ""
-    if isinstance(value, bool):
-        return str(value).lower()
     if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 1e18 else repr(value)
+        return repr(value)
     if isinstance(value, (list, tuple)):
         return ",".join(render(v) for v in value)
     return str(value)
