@@ -65,8 +65,10 @@ def register(study_dir: Path, specs: Iterable[RunSpec], study_name: str, kind: s
         run_dir.mkdir(exist_ok=True)
         text = OmegaConf.to_yaml(OmegaConf.create(spec.config))
         config_path = run_dir / "config.yaml"
-        # An extendable trunk keeps its id when it grows longer: its config.yaml follows.
-        if not config_path.exists() or (spec.config["trainer"]["extendable"] and config_path.read_text() != text):
+        # Settings outside a run's id (an extendable trunk's length, bookkeeping such as log_every,
+        # how an external trainer's results are read) follow the study until the run has finished.
+        if not config_path.exists() or (config_path.read_text() != text
+                                        and (spec.config["trainer"]["extendable"] or not _finished(run_dir))):
             write_text(config_path, text)
         meta = read_json(run_dir / "run.json")
         wanted = {**spec.meta(), "study": study_name}
@@ -76,6 +78,11 @@ def register(study_dir: Path, specs: Iterable[RunSpec], study_name: str, kind: s
             archive(run_dir)
         dirs.append(run_dir)
     return dirs
+
+
+def _finished(run_dir: Path) -> bool:
+    summary = read_json(run_dir / "summary.json")
+    return summary is not None and summary.get("status") in ("done", "diverged")
 
 
 def archive(run_dir: Path) -> None:
