@@ -99,20 +99,27 @@ def fit(
     as_json: Json = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write fit.json, plots (PNG, SVG), report.md "
                                                 "and report.html here.")] = None,
+    tracker: Annotated[Optional[str], typer.Option("--tracker", help="Log the --out files of a study's fit to "
+                                                   "wandb, tensorboard or mlflow (none: don't); default: the "
+                                                   "tracker of the study's runs.", show_default=False)] = None,
 ) -> None:
     """Fit scaling laws (Chinchilla approaches 1-3, power law, LR / batch size) to a study or a table."""
     from scaleflow.fit.api import FitOptions, fit as run_fit
-    from scaleflow.fit.prepare import ImportSource
     from scaleflow.report import disagreement, flops_line, sections, warnings_of, write
+    from scaleflow.trackers import fit_tracker, log_fit_report
 
     if not huber_delta > 0:
         raise FitError("--huber-delta must be positive")
+    report_tracker = fit_tracker(source, from_, out, tracker)  # docs/trackers.md
     options = FitOptions(law=law, columns=_columns(col), where=where, param_count=param_count,
                          n_bootstrap=bootstrap, huber_delta=huber_delta, predict=_floats(predict, "--predict"),
-                         holdout_largest=holdout_largest, seed=seed, history=str(history) if history else None)
-    run = run_fit(ImportSource(source, from_) if from_ else source, options)
+                         holdout_largest=holdout_largest, seed=seed, history=str(history) if history else None,
+                         source_kind=from_)
+    run = run_fit(source, options)
     d = run.to_dict()
     written = write(run, out, "scaleflow " + shlex.join(sys.argv[1:])) if out is not None else []
+    if report_tracker is not None and written:
+        log_fit_report(report_tracker, Path(source), out, written)
     if as_json:
         _print_json(d)
         return

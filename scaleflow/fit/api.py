@@ -146,7 +146,7 @@ def fit(source: str | Path | Any, options: FitOptions = FitOptions()) -> FitRun:
     if options.law not in LAWS:
         raise FitError(f"unknown law {options.law!r}; choose one of: {', '.join(LAWS)}")
     if isinstance(source, (str, Path)):
-        runs, notes, history = load_source(source)
+        runs, notes, history = load_source(source, options.source_kind)
         name = str(source)
     else:
         runs, notes, history, name = source, (), None, "<DataFrame>"

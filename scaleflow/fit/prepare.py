@@ -22,22 +22,9 @@ from scaleflow.fit.tables import check_table, numeric_column
 from scaleflow.fit.types import PARAM_COUNTS, SIX_ND, FitData, FitOptions
 
 
-class ImportSource(str):
-    """A SOURCE to read with an importer: `ImportSource("runs.csv", "wandb")` is the path (as a
-    str, so `fit.api.fit` takes it as any path) carrying the kind of `--from`."""
-
-    kind: str
-
-    def __new__(cls, path: str | Path, kind: str) -> "ImportSource":
-        self = super().__new__(cls, str(path))
-        self.kind = kind
-        return self
-
-
 def load_source(source: str | Path, kind: str | None = None):
     """(runs table, notes, history or None) from a CSV/parquet file or a study directory, or,
-    with `kind` (wandb, tensorboard, mlflow; an ImportSource carries its own), an importer."""
-    kind = kind or getattr(source, "kind", None)
+    with `kind` (wandb, tensorboard, mlflow: FitOptions.source_kind), an importer."""
     if kind:
         from scaleflow.importers import import_table
 

@@ -31,6 +31,7 @@ class FitOptions:
     seed: int = 0
     budget_rtol: float = 0.1  # runs whose FLOPs agree within this fraction share a budget
     history: str | None = None  # a CSV / parquet of metrics lines (run_id, step, tokens, train_loss, ...)
+    source_kind: str | None = None  # --from: wandb | tensorboard | mlflow (scaleflow.importers); None: table or study
 
 
 @dataclass(frozen=True, eq=False)
