@@ -81,8 +81,9 @@ def flops_line(d: dict[str, Any]) -> str:
 
 
 def markdown(d: dict[str, Any], images: list[str], command: str = "") -> str:
-    """report.md from the fit's JSON dict and the plot file names."""
-    s = [f"# scaleflow fit: {d['source']}", ""]
+    """report.md from the fit's JSON dict and the plot file names: the answer (per requested budget,
+    N_opt, D_opt and loss, and whether the approaches agree) first, then the tables and plots."""
+    s = [f"# scaleflow fit: {d['source']}", ""] + chinchilla.answer(d)  # the answer first, before any table
     if command:
         s += [f"Command: `{command}`", ""]
     if disagreement(d):

@@ -171,3 +171,63 @@ def prediction_sections(d: dict[str, Any]) -> list[Section]:
                             for p in h["predicted"]],
                            f"Measured ({m['how']}): N = {fmt(m['params'])}, loss = {fmt(m['loss'])}."))
     return out
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    """A short number for the answer: 2.79e9, 5.97e10, 2.304; '-' for none."""
+    if v is None or not np.isfinite(v):
+        return "-"
+    mantissa, _, exp = f"{v:.{digits}g}".partition("e")
+    return f"{mantissa}e{int(exp)}" if exp else mantissa
+
+
+def _ci(pair: Any, digits: int = 3) -> str:
+    return "" if not pair or pair[0] is None else f" [{_num(pair[0], digits)}, {_num(pair[1], digits)}]"
+
+
+def verdict(d: dict[str, Any]) -> str:
+    """One line: do the approaches agree on a (fit.agreement's verdict, its exponents and
+    intervals), and which of them are doubtful (their statuses)."""
+    names = [n for n in RESULTS if n in d]
+    a = d.get("agreement")
+    if a is None:
+        text = (f"only {names[0]} ran: no second approach to check it against" if len(names) == 1
+                else "this fit holds no comparison of the approaches")
+    else:
+        three = lambda v: "-" if v is None else f"{v:.3f}"
+        listing = ", ".join(f"{k} {three(v['value'])}" + (f" [{three(v['ci'][0])}, {three(v['ci'][1])}]"
+                                                          if v["ci"] and v["ci"][0] is not None else "")
+                            for k, v in a["a"].items())
+        text = (f"the approaches agree on a (N_opt ~ C^a): {listing}" if a["agree"] else
+                f"the approaches DISAGREE on a (N_opt ~ C^a): {listing}; trust none of them alone (causes below)")
+    doubtful = [n for n in names if d[n].get("status", "ok") != "ok"]
+    if doubtful:
+        text += f"; {', '.join(doubtful)} {'is' if len(doubtful) == 1 else 'are'} doubtful (see the warnings below)"
+    return text + "."
+
+
+def answer(d: dict[str, Any]) -> list[str]:
+    """The report's first section (Markdown lines): for each budget of `--predict` (else the data's
+    budgets, as the fit predicted them), each approach's N_opt, D_opt and loss with their 95%
+    intervals, then the verdict line; [] for a fit without a compute-optimal law (approaches 1-3)."""
+    names = [n for n in RESULTS if n in d]
+    if not names:
+        return []
+    s = ["## Answer: the compute-optimal model", ""]
+    optimal = d.get("optimal") or []
+    if optimal:
+        s += ["N_opt parameters, D_opt tokens and the loss (nats/token) they reach, per budget C (those of "
+              "`--predict`, else the data's own) and approach; brackets: 95% bootstrap intervals.", ""]
+        for C in dict.fromkeys(o["flops"] for o in optimal):
+            s.append(f"- **C = {_num(C)} FLOPs**")
+            for o in (o for o in optimal if o["flops"] == C):
+                status = (d.get(o["approach"]) or {}).get("status", "ok")
+                s.append(f"  - {o['approach']}{'' if status == 'ok' else f' ({status})'}: "
+                         f"**N = {_num(o['params'])}**{_ci(o['params_ci'])}, "
+                         f"**D = {_num(o['tokens'])}**{_ci(o['tokens_ci'])} "
+                         f"({_num(o['tokens_per_param'])} tokens per parameter), "
+                         f"**loss {_num(o['loss'], 4)}**{_ci(o['loss_ci'], 4)}")
+    else:
+        s.append("No budget to predict at: `scaleflow fit ... --predict 1e21,1e22` (or `scaleflow predict fit.json "
+                 "--flops 1e21`) gives N_opt, D_opt and loss at those budgets.")
+    return s + ["", f"**Verdict:** {verdict(d)}", ""]
