@@ -136,14 +136,16 @@ def _fmt(value) -> str:
 
 
 def _print_plan(specs, throughput: float, title: str) -> None:
-    from scaleflow.sweep import plan_rows
+    from scaleflow.sweep import plan_rows, repeat_warning
 
     rows = plan_rows(specs, throughput)
-    columns = ["run", "kind", "N", "D", "D/N", "steps", "batch", "lr", "FLOPs", "est_s"]
-    console.print(_table(title, [tuple(_fmt(r[c]) for c in columns) for r in rows], columns))
+    columns = ["run", "kind", "N", "D", "D/N", "steps", "batch", "lr", "FLOPs", "est_s", "epochs"]
+    console.print(_table(title, [tuple("-" if r[c] is None else _fmt(r[c]) for c in columns) for r in rows], columns))
     flops = sum(r["FLOPs"] for r in rows)
     console.print(f"[bold]{len(rows)} runs, {flops:.3g} FLOPs, about {flops / throughput / 60:.1f} min "
                   f"at {throughput:.3g} FLOP/s (study.throughput), one run at a time[/]")
+    if warning := repeat_warning(rows):
+        err_console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_commands(specs, study_dir: Path) -> None:
@@ -289,11 +291,13 @@ def collect(study_dir: Annotated[Path, typer.Argument(help="a study directory")]
 
 def _register_commands() -> None:
     """Commands that live in their own modules (they import nothing heavy at load time)."""
+    from scaleflow.cli_data import register as register_data
     from scaleflow.cli_fit import register as register_fit
     from scaleflow.cli_mup import register as register_mup
 
     register_fit(app)
     register_mup(app, console)
+    register_data(app, console)
 
 
 _register_commands()

@@ -36,6 +36,22 @@ def _floats(text: Optional[str], option: str) -> tuple[float, ...]:
     return values
 
 
+def _pairs(text: Optional[str]) -> tuple[tuple[float, float], ...]:
+    """"1e9:2e10,7e10:1.4e12" -> ((1e9, 2e10), (7e10, 1.4e12)): (N, D) pairs for --at."""
+    out = []
+    for item in (text or "").split(","):
+        if item.strip():
+            n, sep, d = item.partition(":")
+            try:
+                values = (float(n), float(d)) if sep else ()
+            except ValueError:
+                values = ()
+            if len(values) != 2 or not all(v > 0 for v in values):
+                raise FitError(f"--at takes N:D pairs, e.g. 1e9:2e10,7e10:1.4e12; got {text!r}")
+            out.append(values)
+    return tuple(out)
+
+
 def _columns(pairs: Optional[list[str]]) -> dict[str, str]:
     out = {}
     for p in pairs or []:
@@ -93,9 +109,20 @@ def fit(
     holdout_largest: Annotated[bool, typer.Option("--holdout-largest", help="Backtest: fit without the largest "
                                                   "budget, compare with what it measured.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    chance: Annotated[Optional[float], typer.Option("--chance", help="--law downstream: accuracy of a random "
+                                                    "guess (e.g. 0.25), the sigmoid's fixed floor.")] = None,
+    at: Annotated[Optional[str], typer.Option("--at", help="--law downstream: (N, D) pairs to predict at, "
+                                              "e.g. 1e9:2e10,7e10:1.4e12.")] = None,
     history: Annotated[Optional[Path], typer.Option("--history", help="Training history for critical-batch when "
                                                     "SOURCE is a table: CSV/parquet of metrics lines (run_id, step, "
                                                     "tokens, train_loss, val_loss, grad_noise_scale).")] = None,
+    asymmetry: Annotated[float, typer.Option("--asymmetry", help="Approach 3: weight W of the Huber loss of runs "
+                                              "the model over-estimates (curve above the run); W > 1 fits a lower "
+                                              "envelope that hugs the best runs; 1: symmetric.")] = 1.0,
+    shared_e: Annotated[bool, typer.Option("--shared-e", help="compute-multiplier: one irreducible loss E for "
+                                           "both recipes.")] = False,
+    versus: Annotated[Optional[str], typer.Option("--versus", help="compute-multiplier: a second table or study, "
+                                                  "the second recipe (B) against SOURCE (A).")] = None,
     as_json: Json = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write fit.json, plots (PNG, SVG), report.md "
                                                 "and report.html here.")] = None,
@@ -110,11 +137,14 @@ def fit(
 
     if not huber_delta > 0:
         raise FitError("--huber-delta must be positive")
+    if not asymmetry > 0:
+        raise FitError("--asymmetry must be positive")
     report_tracker = fit_tracker(source, from_, out, tracker)  # docs/trackers.md
     options = FitOptions(law=law, columns=_columns(col), where=where, param_count=param_count,
                          n_bootstrap=bootstrap, huber_delta=huber_delta, predict=_floats(predict, "--predict"),
                          holdout_largest=holdout_largest, seed=seed, history=str(history) if history else None,
-                         source_kind=from_)
+                         source_kind=from_, asymmetry=asymmetry, shared_e=shared_e, versus=versus,
+                         chance=chance, at=_pairs(at))
     run = run_fit(source, options)
     d = run.to_dict()
     written = write(run, out, "scaleflow " + shlex.join(sys.argv[1:])) if out is not None else []

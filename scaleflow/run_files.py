@@ -65,16 +65,18 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 def write_summary(run_dir, cfg, plan, corpus, status, diverged_step, this_id, wall) -> dict:
     lines = list(read_jsonl(run_dir / "metrics.jsonl"))
-    summary = summary_fields(cfg, plan, lines, status, diverged_step, this_id, wall, corpus.byte_level)
+    summary = summary_fields(cfg, plan, lines, status, diverged_step, this_id, wall, corpus.tokens_per_byte)
     write_json(run_dir / "summary.json", summary)
     return summary
 
 
 def summary_fields(cfg, plan, lines: list[dict], status: str, diverged_step, this_id: str, wall: float,
-                   byte_level: bool, tokens: Optional[float] = None) -> dict:
+                   tokens_per_byte: Optional[float], tokens: Optional[float] = None) -> dict:
     """A finished run's summary.json from its config, plan and metrics lines: what the
     collector reads (docs/contract.md), for scaleflow's trainer and an external one alike.
-    `tokens`: the training tokens the trainer reported; None: steps x the planned tokens per step."""
+    `tokens_per_byte`: the validation text's tokens per byte (1.0 for bytes; None: unknown, no
+    val_bpb). `tokens`: the training tokens the trainer reported; None: steps x the planned
+    tokens per step."""
     evals = [line for line in lines if line.get("val_loss") is not None]
     final = evals[-1] if evals and status == "done" else None
     steps_done = lines[-1]["step"] if lines else 0
@@ -92,7 +94,8 @@ def summary_fields(cfg, plan, lines: list[dict], status: str, diverged_step, thi
         "params": plan.counts.params(cfg.trainer.param_count),
         "params_source": "planner",
         "val_loss": final["val_loss"] if final else None,
-        "val_bpb": final["val_loss"] / math.log(2) if final and byte_level else None,
+        # bits per byte: nats per token / ln 2 x tokens per byte
+        "val_bpb": final["val_loss"] / math.log(2) * tokens_per_byte if final and tokens_per_byte else None,
         "initial_val_loss": lines[0].get("val_loss") if lines else None,
         # Throughput over the log intervals after the first (which includes start-up).
         "tokens_per_s": _mean(line.get("tokens_per_s") for line in lines[2:]),

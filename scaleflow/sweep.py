@@ -8,6 +8,7 @@ runs after archiving their results.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -35,7 +36,23 @@ def plan_study(cfg, kind: str, from_dir: Optional[Path] = None) -> list[RunSpec]
         if kind != "decay_branches":
             raise ConfigError("--from (new branches of an existing trunk) is for decay-branch studies only")
         return branches.specs_from_trunk(cfg, from_dir)
-    return PLANNERS[kind](cfg)
+    specs = PLANNERS[kind](cfg)
+    _check_vocab(cfg, specs)
+    return specs
+
+
+def _check_vocab(cfg, specs: list[RunSpec]) -> None:
+    """A prepared corpus's vocabulary against every planned model's, once per study (each
+    worker checks it again when it starts)."""
+    if not cfg.data.path or cfg.command.template is not None:
+        return
+    from scaleflow.prepare.meta import read_meta
+
+    vocab = read_meta(Path(cfg.data.path).expanduser())["vocab_size"]
+    wrong = sorted({s.config["model"]["vocab_size"] for s in specs} - {vocab})
+    if wrong:
+        raise ConfigError(f"{cfg.data.path} was tokenized with vocab_size={vocab} (meta.json) but the study's "
+                          f"models have model.vocab_size={wrong[0]}; set model.vocab_size={vocab}")
 
 
 @dataclass
@@ -105,13 +122,40 @@ def decay_branches(cfg, from_dir: Optional[Path] = None, force: bool = False, co
 
 
 def plan_rows(specs: list[RunSpec], throughput: float) -> list[dict]:
-    """One row per run for a --dry-run table; `throughput` in FLOP/s."""
+    """One row per run for a --dry-run table; `throughput` in FLOP/s. `epochs`: passes over
+    the training split (D / its tokens), None when its size cannot be known cheaply."""
+    sizes: dict[str, Optional[int]] = {}
     return [
         {
             "run": spec.run_id, "label": spec.label, "kind": spec.kind, "N": spec.params,
             "D": spec.tokens, "D/N": spec.tokens / spec.params, "steps": spec.steps,
             "batch": spec.config["trainer"]["batch_size"], "lr": spec.config["optim"]["lr"],
-            "FLOPs": spec.own_flops, "est_s": spec.own_flops / throughput,
+            "FLOPs": spec.own_flops, "est_s": spec.own_flops / throughput, "epochs": _epochs(spec, sizes),
         }
         for spec in specs
     ]
+
+
+def _epochs(spec: RunSpec, sizes: dict) -> Optional[float]:
+    """How many times a run reads its training split; `sizes` caches each data config's size.
+    None for an external trainer (its data is not scaleflow's data config)."""
+    from types import SimpleNamespace
+
+    from scaleflow.data import train_tokens
+
+    if spec.config.get("command", {}).get("template") is not None:
+        return None
+    data = spec.config["data"]
+    key = json.dumps(data, sort_keys=True, default=str)
+    if key not in sizes:
+        sizes[key] = train_tokens(SimpleNamespace(**data))
+    return spec.tokens / sizes[key] if sizes[key] else None
+
+
+def repeat_warning(rows: list[dict]) -> Optional[str]:
+    """One line when some planned run reads its training split more than once, else None."""
+    repeats = [r["epochs"] for r in rows if r["epochs"] is not None and r["epochs"] > 1]
+    if not repeats:
+        return None
+    return (f"data repeats in {len(repeats)} of {len(rows)} runs (up to {max(repeats):.3g} epochs of the training "
+            "split); repeated data changes the scaling law (Muennighoff et al. 2023): use more data or smaller budgets")

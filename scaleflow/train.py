@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from omegaconf import DictConfig, OmegaConf
 
-from scaleflow import schedules
+from scaleflow import schedules, trackers
 from scaleflow.config import run_id
 from scaleflow.distributed import Group, any_rank, env_group, mean, setup, teardown
 from scaleflow.data import batch_offsets, check_length, gather, load_corpus, validation_offsets
@@ -145,7 +145,8 @@ def train(
         if not cfg.resume:
             set_aside_earlier_results(run_dir)
     metrics_path = run_dir / "metrics.jsonl"
-    log = (lambda line: append_metrics(metrics_path, line)) if s.group.is_main else (lambda line: None)
+    tracker = trackers.start_run(cfg, run_dir, plan, this_id) if s.group.is_main else trackers.NO_TRACKER
+    log = (lambda line: log_line(metrics_path, line, tracker)) if s.group.is_main else (lambda line: None)
     stop_at = until if 0 < until < plan.steps else plan.steps
     keep = {step for step in fork_steps if 0 < step <= plan.steps} | {stop_at}
     state = {"initial_loss": None, "run_id": this_id}
@@ -180,6 +181,7 @@ def train(
         if done % t.checkpoint_every == 0 or done in keep:
             checkpoint(done)
     teardown(s.group)
+    tracker.finish("stopped" if status == "done" and stop_at < plan.steps else status)
     if status == "interrupted":
         checkpoint(step)
         return {"status": status, "run_id": this_id, "step": step}
@@ -188,6 +190,12 @@ def train(
     if not s.group.is_main:
         return {"status": status, "run_id": this_id}
     return write_summary(run_dir, cfg, plan, s.corpus, status, diverged_step, this_id, time.time() - started)
+
+
+def log_line(path: Path, line: dict, tracker) -> None:
+    """Append a metrics line to metrics.jsonl, then give it to the run's tracker (which never raises)."""
+    append_metrics(path, line)
+    tracker.log(line)
 
 
 def resume_or_fork(s: Session, cfg, run_dir: Path, state: dict, init_from: Optional["Fork"], log) -> int:

@@ -194,6 +194,7 @@ def recreate_checkpoint(trunk_dir: Path, step: int) -> None:
     trunk_dir = Path(trunk_dir)
     cfg = load_run_config(trunk_dir / "config.yaml")
     cfg.resume = True
+    cfg.tracker = None  # a scratch re-run of steps the trunk's tracker run already has
     scratch = trunk_dir / "recreate"
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / "checkpoints").mkdir(parents=True)

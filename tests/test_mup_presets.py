@@ -59,5 +59,5 @@ def test_default_is_no_preset():
 def test_preset_errors_are_one_line():
     with pytest.raises(ConfigError, match="base_width=256 is larger than model.d_model=64"):
         compose_run(["model/mup=cerebras"])  # the tiny model is narrower than the base width
-    with pytest.raises(ConfigError, match="model/mup/nope"):
+    with pytest.raises(ConfigError, match="model/mup='nope' is not one of cerebras, minicpm, none"):
         compose_run(["model/mup=nope"])

@@ -27,8 +27,12 @@ HERE = [f"command.cwd={ROOT}"]
 
 def test_the_example_trainer_runs_as_a_study_and_is_fitted(tmp_path):
     study_dir = tmp_path / "study"
-    report = sweep(compose_study(str(STUDY), [f"study_dir={study_dir}", *HERE]), "isoflop")
-    assert report.outcome.finished == len(report.specs) == 12 and not report.outcome.failed
+    # Four of the example's six rungs (2.8k to 20k parameters with head), around both budgets'
+    # minima (near 4-5k): 8 runs, each a fresh interpreter importing torch.
+    four = "study.shapes=[{n_layer: 1, d_model: 8, n_head: 1}, {n_layer: 1, d_model: 12, n_head: 2}, " \
+           "{n_layer: 1, d_model: 16, n_head: 2}, {n_layer: 2, d_model: 24, n_head: 2}]"
+    report = sweep(compose_study(str(STUDY), [f"study_dir={study_dir}", four, *HERE]), "isoflop")
+    assert report.outcome.finished == len(report.specs) == 8 and not report.outcome.failed
     for spec in report.specs:  # the trainer's own log, read through the study's key mapping
         summary = read_json(study_dir / spec.run_id / "summary.json")
         rows = list(csv.DictReader(open(study_dir / spec.run_id / "log.csv")))
@@ -55,7 +59,7 @@ def _command_pid(run_dir: Path):
 @pytest.mark.slurm
 @pytest.mark.skipif(not ok, reason=reason)
 def test_a_requeue_in_the_middle_resumes_the_example_trainer_from_its_checkpoint(tmp_path):
-    one = ["study.budgets=[4e9]", "study.shapes=[{n_layer: 1, d_model: 8, n_head: 1}]", "trainer.log_every=10",
+    one = ["study.budgets=[2e9]", "study.shapes=[{n_layer: 1, d_model: 8, n_head: 1}]", "trainer.log_every=10",
            "trainer.checkpoint_every=100000", *HERE]  # the only checkpoint part-way is the signal's
     local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
     sweep(compose_study(str(STUDY), [f"study_dir={slurm_dir}", "launcher=slurm", "launcher.cpus_per_task=1",

@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from scaleflow.config.schema import LAUNCHERS, STUDIES, Config
+from scaleflow.config.trackers import TRACKERS, tracker_node
 from scaleflow.config.validate import validate
 from scaleflow.errors import ConfigError
 
@@ -29,6 +30,8 @@ def _register_schema() -> None:
     store.store(name="base_config", node=Config)
     for name, schema in LAUNCHERS.items():  # conf/launcher/NAME.yaml starts from NAME_schema
         store.store(group="launcher", name=f"{name}_schema", node=schema)
+    for name, schema in TRACKERS.items():  # conf/tracker/NAME.yaml starts from NAME_schema
+        store.store(group="tracker", name=f"{name}_schema", node=schema)
     for kind, schema in STUDIES.items():  # a study file's defaults list picks one: `- study: KIND`
         store.store(group="study", name=kind, node=schema)
 
@@ -56,7 +59,7 @@ def _compose(config_dir: Path, name: str, overrides: list[str]) -> DictConfig:
         with initialize_config_dir(str(config_dir), version_base=None):
             cfg = compose(name, overrides=extra + list(overrides))
     except _error_types() as exc:
-        raise ConfigError(_hydra_message(exc)) from None
+        raise ConfigError(_missing_choice(exc) or _hydra_message(exc)) from None
     finally:
         GlobalHydra.instance().clear()
     with _config_errors():
@@ -66,6 +69,16 @@ def _compose(config_dir: Path, name: str, overrides: list[str]) -> DictConfig:
         _check_study_kind(cfg.study)
         validate(cfg)
     return cfg
+
+
+def _missing_choice(exc: BaseException) -> str:
+    """`GROUP=NAME` naming no config of the group: one line listing the choices ('' otherwise)."""
+    missing, options = getattr(exc, "missing_cfg_file", None), getattr(exc, "options", None)
+    if not missing or not options or "/" not in missing:
+        return ""
+    group, _, name = missing.rpartition("/")
+    choices = sorted(o for o in options if not o.endswith("_schema"))
+    return f"{group}={name!r} is not one of {', '.join(choices)}"
 
 
 def _typed_study(values: Any, known_only: bool = False) -> DictConfig:
@@ -165,6 +178,7 @@ def typed_config(values: Any) -> DictConfig:
         base.launcher = OmegaConf.structured(LAUNCHERS[name])
         values = OmegaConf.create(values)  # a copy: the study is typed apart, by its kind
         study = values.pop("study", None)
+        base.tracker = tracker_node(values.pop("tracker", None))  # none in configs written before trackers
         cfg = OmegaConf.merge(base, values)
         if study is not None:
             cfg.study = _typed_study(study, known_only=True)

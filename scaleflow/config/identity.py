@@ -26,8 +26,10 @@ def _identity(cfg: Any) -> dict:
     unhashed = _UNHASHED_TRAINER_KEYS + (("steps", "tokens", "flops") if section["trainer"].get("extendable") else ())
     section["trainer"] = {k: v for k, v in section["trainer"].items() if k not in unhashed}
     # Settings added after the first release count only when set, so that existing runs keep
-    # their ids: an unset (None) model field, and the external command when there is none.
+    # their ids: an unset (None) model or data field (data.path), and the external command
+    # when there is none.
     section["model"] = {k: v for k, v in section["model"].items() if v is not None}
+    section["data"] = {k: v for k, v in section["data"].items() if v is not None}
     command = cfg.get("command") or {}
     if command.get("template") is not None:
         # Where it runs and how its results are read are not what it computes.

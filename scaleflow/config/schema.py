@@ -103,6 +103,10 @@ class DataConfig:
     val_paths: list[str] = field(default_factory=list)  # tokens: validation files; else split
     token_dtype: str = "uint16"  # tokens: uint16 | uint32
     val_fraction: float = 0.05  # share of files (stdlib, text) held out for validation
+    # tokens: a directory made by `scaleflow data prepare` (shards + meta.json, docs/data.md),
+    # in place of paths/val_paths; its meta.json gives the dtype, split and vocab_size.
+    # None (not part of a run's identity while unset): the token files in paths.
+    path: Optional[str] = None
 
 
 @dataclass
@@ -310,6 +314,7 @@ class Config:
     command: CommandConfig = field(default_factory=CommandConfig)
     study: Any = None  # one of STUDIES (typed by it), chosen by `- study: KIND`; None for a lone run
     launcher: Any = None  # one of LAUNCHERS (typed by it), chosen by launcher=NAME
+    tracker: Any = None  # one of config.trackers.TRACKERS, chosen by tracker=NAME; not part of the run id
 
 
 # --------------------------------------------------------------------------- composition

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from scaleflow.config.schema import FLOP_COUNTS, LAUNCHERS, PARAM_COUNTS, choice, validate_model
+from scaleflow.config.trackers import check_tracker
 from scaleflow.errors import ConfigError
 from scaleflow.schedules import SHAPES
 
@@ -17,6 +18,7 @@ def validate(cfg: Any) -> None:
     choice("data.token_dtype", cfg.data.token_dtype, ("uint16", "uint32"))
     if not 0 < cfg.data.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must lie in (0, 1), got {cfg.data.val_fraction}")
+    _check_data_path(cfg.data)
     s = cfg.schedule
     choice("schedule.name", s.name, ("constant", "cosine", "wsd", "multistep"))
     choice("schedule.decay_shape", s.decay_shape, SHAPES)
@@ -60,10 +62,21 @@ def validate(cfg: Any) -> None:
         )
     _check_command(cfg)
     choice("launcher.name", cfg.launcher.name, tuple(LAUNCHERS))
+    check_tracker(cfg)
     if cfg.launcher.name == "slurm":
         _check_sbatch_values(cfg.launcher)
     if t.extendable and (s.name != "constant" or (s.warmup_steps < 0 and s.warmup_tokens <= 0)):
         raise ConfigError("trainer.extendable needs schedule.name=constant and an absolute warmup")
+
+
+def _check_data_path(data: Any) -> None:
+    """data.path (a prepared directory) is a kind of token data, in place of token files."""
+    if getattr(data, "path", None) is None:
+        return
+    if data.kind != "tokens":
+        raise ConfigError(f"data.path (a directory made by `scaleflow data prepare`) needs data=tokens, not data={data.kind}")
+    if data.paths or data.val_paths:
+        raise ConfigError("give data.path (a prepared directory) or data.paths/val_paths (token files), not both")
 
 
 METRICS_FORMATS = ("contract", "jsonl", "csv", "tensorboard", "json", "regex")

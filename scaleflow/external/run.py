@@ -26,6 +26,7 @@ from scaleflow.external.readers import ContractError, TrainerReport, read_report
 from scaleflow.external.template import command_argv, command_env, run_values
 from scaleflow.files import write_json, write_text
 from scaleflow.run_files import json_line, summary_fields
+from scaleflow.trackers import log_lines
 
 STDOUT, STDERR = "stdout.log", "stderr.log"
 VALUES_FILE = "run_values.json"  # every placeholder's value; $SCALEFLOW_RUN_CONFIG names it
@@ -141,7 +142,8 @@ def _finish(cfg: Any, plan: Any, this_id: str, run_dir: Path, report: TrainerRep
     if status == "diverged" and diverged_step is None:
         diverged_step = lines[-1]["step"]
     tokens = lines[-1].get("tokens")
-    summary = summary_fields(cfg, plan, lines, status, diverged_step, this_id, wall, byte_level=False, tokens=tokens)
+    summary = summary_fields(cfg, plan, lines, status, diverged_step, this_id, wall, tokens_per_byte=None,
+                             tokens=tokens)
     if report.params is not None:
         summary.update(params=int(report.params), params_source="trainer")
     if summary["val_loss"] is None and status == "done":
@@ -149,6 +151,7 @@ def _finish(cfg: Any, plan: Any, this_id: str, run_dir: Path, report: TrainerRep
         summary.update(final_train_loss=train[-1] if train else None, loss_source="train")
     summary["source"] = report.source
     write_json(run_dir / "summary.json", summary)
+    log_lines(cfg, run_dir, plan, this_id, lines, summary)  # tracker=...: never fails the run
     return summary
 
 

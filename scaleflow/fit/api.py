@@ -10,7 +10,6 @@ passes around are in `fit/types.py`.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +19,10 @@ from scaleflow.errors import FitError
 from scaleflow.fit.laws import jsonable
 from scaleflow.fit.prepare import load_source, prepare, read_table
 from scaleflow.fit.registry import LAWS, register_law
-from scaleflow.fit.types import FitData, FitOptions, FitRun, allocation
+from scaleflow.fit.types import FitData, FitOptions, FitRun, allocation, predict_optimal
 
 
 # ----------------------------------------------------------------------------- predictions
-
-def predict_optimal(results: dict[str, Any], budgets) -> list[dict[str, Any]]:
-    """One row per (budget, approach): N_opt, D_opt, tokens per parameter, loss, 95% intervals."""
-    laws = {name: law for name, res in results.items() if (law := allocation(res)) is not None}
-    rows = []
-    for C in budgets:
-        for name, law in laws.items():
-            n, d, loss = (float(getattr(law, q)(C)) for q in ("n_opt", "d_opt", "loss_opt"))
-            ci = {q: law.interval(q, C).tolist() for q in ("n_opt", "d_opt", "loss_opt")}
-            rows.append(jsonable({
-                "flops": float(C), "params": n, "tokens": d, "tokens_per_param": d / n, "loss": loss,
-                "approach": name, "params_ci": ci["n_opt"], "tokens_ci": ci["d_opt"], "loss_ci": ci["loss_opt"],
-            }))
-    return rows
-
 
 def load_saved(path: str | Path) -> dict[str, Any]:
     """Allocation laws of a saved fit.json: {approach name: ChinchillaLaw or AllocationLaw}."""
@@ -100,45 +84,16 @@ def _default_budgets(table, rtol: float) -> list[float]:
     return np.geomspace(budgets.min(), budgets.max(), 5).tolist()
 
 
-def _measured_optimum(table, top: float, rtol: float) -> dict[str, Any]:
-    """The optimum the held-out budget measured: its minimum in the approach-2 fit of every
-    budget (the curves' shape is fitted on all of them), else its best run."""
-    from scaleflow.fit.isoflop import IsoFlopFitter
-
-    try:
-        fitted = [b for b in IsoFlopFitter(rtol=rtol).fit(table).budgets if b.flops == top]
-    except FitError:
-        fitted = []
-    if fitted and np.isfinite(fitted[0].params_opt):
-        b = fitted[0]
-        return {"params": b.params_opt, "tokens": b.tokens_opt, "loss": b.loss_opt,
-                "how": "minimum of the held-out budget's IsoFLOP curve"}
-    from scaleflow.fit.isoflop import group_budgets
-
-    test = table[group_budgets(table, rtol) == top]
-    best = test.loc[test["loss"].idxmin()]
-    return {"params": best["params"], "tokens": best["tokens"], "loss": best["loss"], "how": "best held-out run"}
-
-
 def _holdout(data: FitData, o: FitOptions) -> dict[str, Any]:
-    """Fit without the largest budget; compare its predicted optimum with the measured one."""
-    from scaleflow.fit.isoflop import group_budgets
+    """Fit without the largest budget; compare its predicted optimum with the measured one: the
+    last step of the rollout backtest (`fit.rollout.backtest_step`), with the law asked for
+    (`--law rollout`: every approach, as `chinchilla`)."""
+    from scaleflow.fit.rollout import backtest_step, budgets_of
 
-    t = data.table
-    C = group_budgets(t, o.budget_rtol)
-    if len(np.unique(C)) < 3:
+    n = len(np.unique(budgets_of(data.table, o.budget_rtol)))
+    if n < 3:
         raise FitError("--holdout-largest needs at least 3 FLOP budgets")
-    top = C.max()
-    train, test = t[C < top], t[C == top]
-    curves = None if data.curves is None else data.curves[data.curves["flops"] < test["flops"].min()]
-    sub = replace(data, table=train.reset_index(drop=True), curves=curves)
-    results = {k: v for k, v in LAWS[o.law].run(sub, o).items() if k != "skipped"}
-    m = _measured_optimum(t, float(top), o.budget_rtol)
-    rows = []
-    for p in predict_optimal(results, [top]):
-        rows.append({**p, "params_ratio": p["params"] / m["params"] if p["params"] else None,
-                     "loss_error": (p["loss"] - m["loss"]) / m["loss"] if p["loss"] is not None else None})
-    return jsonable({"flops": top, "n_train": len(train), "n_test": len(test), "measured": m, "predicted": rows})
+    return backtest_step(data, o, n - 1, LAWS["chinchilla" if o.law == "rollout" else o.law].run)
 
 
 def fit(source: str | Path | Any, options: FitOptions = FitOptions()) -> FitRun:

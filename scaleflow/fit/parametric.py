@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scaleflow.errors import FitError
 from scaleflow.fit.defaults import HUBER_DELTA
 from scaleflow.fit.doubt import unpinned, with_problems
 from scaleflow.fit.laws import DOUBTFUL, OK, ChinchillaLaw, resample_weights
@@ -41,29 +42,46 @@ EPOCH_GRID = np.array([
 
 
 def huber_objective(theta: np.ndarray, X: np.ndarray, logy: np.ndarray, delta: float,
-                    w: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+                    w: np.ndarray | None = None, asymmetry: float = 1.0) -> tuple[float, np.ndarray]:
     """Summed Huber loss of the LSE model and its gradient.
 
     theta = [e, a_1..a_k, alpha_1..alpha_k]; X (n, k) = log of the variables; logy (n,) = log
-    loss; w (n,) optional point weights (bootstrap counts).
+    loss; w (n,) optional point weights (bootstrap counts); `asymmetry` W multiplies the loss of
+    every point the model over-estimates (residual log L_pred - log L_obs > 0): W > 1 makes
+    the fit a lower envelope (`lse_huber`).
     """
     k = X.shape[1]
     z = np.empty((X.shape[0], k + 1))
     z[:, 0] = theta[0]
     z[:, 1:] = theta[1:k + 1] - theta[k + 1:] * X
+    f, gz = lse_huber(z, logy, delta, w, asymmetry)
+    grad = np.empty_like(theta)
+    grad[:k + 1] = gz.sum(axis=0)
+    grad[k + 1:] = -(gz[:, 1:] * X).sum(axis=0)
+    return f, grad
+
+
+def lse_huber(z: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None = None,
+              asymmetry: float = 1.0) -> tuple[float, np.ndarray]:
+    """Summed Huber loss of log L_pred = LSE(z[i, :]) against logy, and its gradient in z.
+
+    The engine of every LSE-form fit (approach 3, the power law, the compute multiplier):
+    z (n, terms) holds the log of each additive term of each point's predicted loss. Points
+    whose residual r = log L_pred - log L_obs is positive (the model lies ABOVE the observed
+    loss) have their Huber loss multiplied by `asymmetry`; 1 is the symmetric Huber loss.
+    """
     m = z.max(axis=1)
     ez = np.exp(z - m[:, None])
     s = ez.sum(axis=1)
     r = m + np.log(s) - logy
     h = _huber(r, delta)
     psi = np.clip(r, -delta, delta)
+    if asymmetry != 1.0:
+        side = np.where(r > 0.0, asymmetry, 1.0)
+        h, psi = h * side, psi * side
     if w is not None:
         h, psi = h * w, psi * w
-    gz = (psi / s)[:, None] * ez  # d f / d z
-    grad = np.empty_like(theta)
-    grad[:k + 1] = gz.sum(axis=0)
-    grad[k + 1:] = -(gz[:, 1:] * X).sum(axis=0)
-    return float(h.sum()), grad
+    return float(h.sum()), (psi / s)[:, None] * ez  # d f / d z
 
 
 def _huber(r: np.ndarray, delta: float) -> np.ndarray:
@@ -72,11 +90,22 @@ def _huber(r: np.ndarray, delta: float) -> np.ndarray:
 
 
 def vp_seeds(X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None = None,
-             n_grid: int = 40, n_seeds: int = 4) -> np.ndarray:
+             n_grid: int = 40, n_seeds: int = 4, asymmetry: float = 1.0) -> np.ndarray:
     """Best `n_seeds` starts (rows of theta) from a variable-projection grid over the exponents.
 
     Exponents run over a geometric grid 0.01..3 (n_grid points per variable); at each grid
     point (E, A_j) solve the relative-error least squares; negative solutions are clipped.
+    """
+    thetas, cost = vp_grid(X, logy, delta, w, n_grid, asymmetry)
+    return thetas[np.argsort(cost)[:n_seeds]]
+
+
+def vp_grid(X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None = None,
+            n_grid: int = 40, asymmetry: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Every point of the variable-projection grid: (theta rows (G, 2k+1), Huber cost (G,)).
+
+    The grid's exponents depend only on n_grid and k, in a fixed order: the costs of two data
+    sets fitted with shared exponents add up row by row (`scaleflow.fit.multiplier`).
     """
     n, k = X.shape
     w = np.ones(n) if w is None else w
@@ -93,17 +122,24 @@ def vp_seeds(X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None
     coef = np.linalg.solve(M, rhs[..., None])[..., 0]
     coef = np.maximum(coef, 1e-9 * y.mean())
     with np.errstate(divide="ignore"):
-        cost = (w * _huber(np.log(np.einsum("gni,gi->gn", F, coef)) - logy, delta)).sum(axis=1)
-    best = np.argsort(cost)[:n_seeds]
-    logc = np.log(coef[best])
-    return np.column_stack([logc[:, 0], logc[:, 1:] + exps[best] * centre, exps[best]])
+        r = np.log(np.einsum("gni,gi->gn", F, coef)) - logy
+        h = _huber(r, delta)
+        if asymmetry != 1.0:
+            h = h * np.where(r > 0.0, asymmetry, 1.0)
+        cost = (w * h).sum(axis=1)
+    logc = np.log(coef)
+    return np.column_stack([logc[:, 0], logc[:, 1:] + exps * centre, exps]), cost
 
 
-def refine(theta0: np.ndarray, X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None = None):
-    """L-BFGS-B from theta0 with the analytic gradient and tight tolerances (scipy result)."""
+def refine(theta0: np.ndarray, X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None = None,
+           asymmetry: float = 1.0, objective=huber_objective):
+    """L-BFGS-B from theta0 with the analytic gradient and tight tolerances (scipy result).
+
+    `objective(theta, X, logy, delta, w, asymmetry)` -> (loss, gradient): approach 3's by
+    default; another LSE-form model passes its own, X then being whatever it needs."""
     from scipy.optimize import minimize
 
-    return minimize(huber_objective, np.asarray(theta0, float), args=(X, logy, delta, w), jac=True,
+    return minimize(objective, np.asarray(theta0, float), args=(X, logy, delta, w, asymmetry), jac=True,
                     method="L-BFGS-B", options=TIGHT)
 
 
@@ -123,14 +159,15 @@ def one_blas_thread():
 
 
 def fit_lse(X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None = None,
-            starts: np.ndarray | None = None, n_grid: int = 40, n_seeds: int = 4):
+            starts: np.ndarray | None = None, n_grid: int = 40, n_seeds: int = 4, asymmetry: float = 1.0):
     """Global fit: refine the VP seeds (plus any extra `starts`), polish the best; the scipy
     result gains `converged` (bool) and `convergence` (why not, or "")."""
     with one_blas_thread():
-        return polish(_fit_lse(X, logy, delta, w, starts, n_grid, n_seeds), X, logy, delta, w)
+        return polish(_fit_lse(X, logy, delta, w, starts, n_grid, n_seeds, asymmetry), X, logy, delta, w, asymmetry)
 
 
-def polish(res, X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None = None):
+def polish(res, X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None = None,
+           asymmetry: float = 1.0, objective=huber_objective):
     """Restart L-BFGS-B at the best point and judge convergence by what matters.
 
     Converged: the restart lowers the summed Huber loss by at most 1e-9 of it (plus a floor of
@@ -139,11 +176,11 @@ def polish(res, X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | N
     message is not used: at an optimum its line search often ends at machine precision
     ("ABNORMAL"), and whether it does depends on the CPU.
     """
-    again = refine(res.x, X, logy, delta, w)
+    again = refine(res.x, X, logy, delta, w, asymmetry, objective)
     best = again if again.fun < res.fun else res
     n = float(len(logy) if w is None else np.sum(w))
     drop = res.fun - best.fun
-    grad = huber_objective(best.x, X, logy, delta, w)[1]
+    grad = objective(best.x, X, logy, delta, w, asymmetry)[1]
     scaled = float(np.abs(grad).max() / (n * delta * (1.0 + np.abs(X).max())))
     problems = []
     if drop > 1e-9 * best.fun + 1e-15 * n * delta**2:
@@ -154,22 +191,27 @@ def polish(res, X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | N
     return best
 
 
-def _fit_lse(X, logy, delta, w, starts, n_grid, n_seeds):
-    seeds = vp_seeds(X, logy, delta, w, n_grid, n_seeds)
+def _fit_lse(X, logy, delta, w, starts, n_grid, n_seeds, asymmetry=1.0):
+    seeds = vp_seeds(X, logy, delta, w, n_grid, n_seeds, asymmetry)
     if starts is not None:
         seeds = np.vstack([np.atleast_2d(starts), seeds])
-    return min((refine(s, X, logy, delta, w) for s in seeds), key=lambda r: r.fun)
+    return best_refined(seeds, X, logy, delta, w, asymmetry)
+
+
+def best_refined(seeds, X, logy, delta, w=None, asymmetry: float = 1.0, objective=huber_objective):
+    """The best L-BFGS-B refinement (`refine`) over the rows of `seeds`."""
+    return min((refine(s, X, logy, delta, w, asymmetry, objective) for s in seeds), key=lambda r: r.fun)
 
 
 def bootstrap_lse(X: np.ndarray, logy: np.ndarray, delta: float, theta_hat: np.ndarray,
-                  n_bootstrap: int, seed: int = 0) -> np.ndarray:
+                  n_bootstrap: int, seed: int = 0, asymmetry: float = 1.0) -> np.ndarray:
     """(n_bootstrap, len(theta)) refits on point-resampled data, warm-started at theta_hat
     and at the replicate's best coarse VP seed; the better of the two is kept."""
     weights = resample_weights(np.random.default_rng(seed), len(logy), n_bootstrap)
     out = np.empty((n_bootstrap, len(theta_hat)))
     with one_blas_thread():
         for i, w in enumerate(weights):
-            out[i] = _fit_lse(X, logy, delta, w, theta_hat, 12, 1).x
+            out[i] = _fit_lse(X, logy, delta, w, theta_hat, 12, 1, asymmetry).x
     return out
 
 
@@ -202,20 +244,27 @@ class ParametricFitter:
 
     df needs columns `params` (N), `tokens` (D) and `loss` (nats/token), all positive.
     `flops_per_param_token` (k) is how the study counts compute, C = k N D: the law's optima
-    are answered at C in that count.
+    are answered at C in that count. `asymmetry` (W > 0, default 1: the symmetric Huber loss)
+    multiplies the loss of every run the model over-estimates (log L_pred > log L_obs, the
+    curve ABOVE the run): W > 1 makes the fit hug the best runs (a lower envelope), so badly
+    tuned runs, whose loss is too high, pull it up less. In the Huber loss's linear region
+    about 1/(1 + W) of the runs end up below the curve.
     """
 
     huber_delta: float = HUBER_DELTA
     n_bootstrap: int = 0
     seed: int = 0
     flops_per_param_token: float = 6.0
+    asymmetry: float = 1.0
 
     def fit(self, df) -> ChinchillaLaw:
         check_table(df, ("params", "tokens", "loss"), 6, "approach 3 (5 parameters)")
+        if not self.asymmetry > 0:
+            raise FitError(f"the asymmetry must be positive; got {self.asymmetry}")
         X = np.log(np.column_stack([df["params"], df["tokens"]]).astype(float))
         logy = np.log(np.asarray(df["loss"], float))
-        res = fit_lse(X, logy, self.huber_delta)
-        samples = bootstrap_lse(X, logy, self.huber_delta, res.x, self.n_bootstrap, self.seed)
+        res = fit_lse(X, logy, self.huber_delta, asymmetry=self.asymmetry)
+        samples = bootstrap_lse(X, logy, self.huber_delta, res.x, self.n_bootstrap, self.seed, self.asymmetry)
         status, message = theta_status(res, res.x[3:], X)
         law = ChinchillaLaw(
             E=math.exp(res.x[0]), A=math.exp(res.x[1]), B=math.exp(res.x[2]), alpha=res.x[3], beta=res.x[4],

@@ -30,7 +30,8 @@ def _approach3(data: FitData, o: FitOptions):
     from scaleflow.fit.parametric import ParametricFitter
 
     return ParametricFitter(huber_delta=o.huber_delta, n_bootstrap=o.n_bootstrap, seed=o.seed,
-                            flops_per_param_token=data.flops["flops_per_param_token"]).fit(data.table)
+                            flops_per_param_token=data.flops["flops_per_param_token"],
+                            asymmetry=o.asymmetry).fit(data.table)
 
 
 def _approach2(data: FitData, o: FitOptions):
@@ -56,14 +57,20 @@ def _chinchilla(data: FitData, o: FitOptions) -> dict[str, Any]:
     from scaleflow.fit.tables import check_table
 
     check_table(data.table, ("params", "tokens", "loss"), 1, "the chinchilla fits")
+    out = _every_approach(data, o)
+    if len(out) == 1:  # only "skipped"
+        raise FitError("; ".join(f"{k}: {v}" for k, v in out["skipped"].items()))
+    return out
+
+
+def _every_approach(data: FitData, o: FitOptions) -> dict[str, Any]:
+    """Each approach's result, or its FitError's reason under "skipped"."""
     results, skipped = {}, {}
     for name, fn in APPROACHES.items():
         try:
             results[name] = fn(data, o)
         except FitError as exc:
             skipped[name] = str(exc)
-    if not results:
-        raise FitError("; ".join(f"{k}: {v}" for k, v in skipped.items()))
     return {**results, "skipped": skipped}
 
 
@@ -103,6 +110,29 @@ def _critical_batch(data: FitData, o: FitOptions) -> dict[str, Any]:
     return {"critical_batch": res, "skipped": skipped}
 
 
+def _rollout(data: FitData, o: FitOptions) -> dict[str, Any]:
+    from scaleflow.fit.rollout import rollout
+
+    return rollout(data, o, _every_approach, tuple(APPROACHES))
+
+
+def _downstream(data: FitData, o: FitOptions) -> dict[str, Any]:
+    from scaleflow.fit.downstream import downstream
+
+    return downstream(data, o)
+
+
+def _compute_multiplier(data: FitData, o: FitOptions) -> dict[str, Any]:
+    from scaleflow.fit.multiplier import MultiplierFitter, with_versus
+
+    table = with_versus(data.table, o) if o.versus else data.table
+    fitter = MultiplierFitter(huber_delta=o.huber_delta, n_bootstrap=o.n_bootstrap, seed=o.seed,
+                              flops_per_param_token=data.flops["flops_per_param_token"], shared_e=o.shared_e,
+                              asymmetry=o.asymmetry, budgets=o.predict, budget_rtol=o.budget_rtol,
+                              baseline="source" if o.versus else None)
+    return {"compute_multiplier": fitter.fit(table)}
+
+
 LAWS: dict[str, LawEntry] = {
     "chinchilla": LawEntry(_chinchilla, "approaches 3, 2 and 1, each where the data supports it"),
     "approach3": LawEntry(_only("approach3"), "L(N, D) = E + A/N^alpha + B/D^beta"),
@@ -111,8 +141,14 @@ LAWS: dict[str, LawEntry] = {
     "power": LawEntry(_power, "L = E + A x^-alpha (x: the column mapped by --col x=..., else flops, else params)"),
     "lr-bs": LawEntry(_lr_bs, "optimal learning rate and batch size against compute"),
     "lr-transfer": LawEntry(_lr_transfer, "drift of the optimal learning rate with width (SP vs muP)"),
+    "compute-multiplier": LawEntry(_compute_multiplier, "compute multiplier of recipe B over A: L(N, D) with "
+                                                        "shared exponents (--col recipe=Column, or --versus SOURCE_B)"),
     "critical-batch": LawEntry(_critical_batch, "the noise-scale law B*/L^(1/alpha_B) and the steps-tokens "
                                                 "trade-off of a batch-size sweep (needs the training history)"),
+    "rollout": LawEntry(_rollout, "backtest: fit budgets C_1..C_k with every approach, predict C_(k+1)'s optimum, "
+                                  "for k = 2 .. K-1 (errors, prediction intervals)"),
+    "downstream": LawEntry(_downstream, "task loss L_task(N, D) (approach 3 form), then accuracy as a sigmoid of "
+                                        "task loss (--col task_loss=..., --col accuracy=..., --chance)"),
 }
 
 

@@ -32,6 +32,11 @@ class FitOptions:
     budget_rtol: float = 0.1  # runs whose FLOPs agree within this fraction share a budget
     history: str | None = None  # a CSV / parquet of metrics lines (run_id, step, tokens, train_loss, ...)
     source_kind: str | None = None  # --from: wandb | tensorboard | mlflow (scaleflow.importers); None: table or study
+    chance: float | None = None  # --law downstream: accuracy of a random guess (fixes the sigmoid's floor)
+    at: tuple[tuple[float, float], ...] = ()  # --law downstream: (N, D) pairs to predict at
+    asymmetry: float = 1.0  # approach 3: weight of runs the model over-estimates (> 1: lower envelope)
+    shared_e: bool = False  # compute-multiplier: one irreducible loss E for both recipes
+    versus: str | None = None  # compute-multiplier: a second source, the second recipe
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +74,10 @@ class FitRun:
             "huber_delta": o.huber_delta, "notes": list(self.data.notes), "excluded": self.data.excluded,
             "flops": self.data.flops,
         }
+        if o.asymmetry != 1.0:
+            out["asymmetry"] = o.asymmetry
+        if o.versus:
+            out["versus"] = o.versus
         if self.agreement is not None:
             out["agreement"] = self.agreement.to_dict()
         out["results"] = list(self.results)
@@ -83,3 +92,18 @@ def allocation(result: Any):
     """The result's compute-optimal allocation law (n_opt, d_opt, loss_opt, interval), or None."""
     law = getattr(result, "law", result)
     return law if all(hasattr(law, m) for m in ("n_opt", "d_opt", "loss_opt", "interval")) else None
+
+
+def predict_optimal(results: dict[str, Any], budgets) -> list[dict[str, Any]]:
+    """One row per (budget, approach): N_opt, D_opt, tokens per parameter, loss, 95% intervals."""
+    laws = {name: law for name, res in results.items() if (law := allocation(res)) is not None}
+    rows = []
+    for C in budgets:
+        for name, law in laws.items():
+            n, d, loss = (float(getattr(law, q)(C)) for q in ("n_opt", "d_opt", "loss_opt"))
+            ci = {q: law.interval(q, C).tolist() for q in ("n_opt", "d_opt", "loss_opt")}
+            rows.append(jsonable({
+                "flops": float(C), "params": n, "tokens": d, "tokens_per_param": d / n, "loss": loss,
+                "approach": name, "params_ci": ci["n_opt"], "tokens_ci": ci["d_opt"], "loss_ci": ci["loss_opt"],
+            }))
+    return rows
