@@ -25,7 +25,7 @@ _SUMMARY_COLUMNS = (
     "flops_6n_non_embedding", "flops_6n_with_head", "flops_6n_total", "flops_deepseek", "flops_chinchilla",
     "tokens", "steps", "lr", "batch_size", "batch_tokens", "seq_len", "n_layer", "d_model", "n_head",
     "parametrization", "schedule", "decay_shape", "decay_fraction", "seed", "wall_time_s", "diverged_step",
-    "flop_count", "params_source",
+    "flop_count", "params_source", "val_bpb",
 )
 
 

@@ -336,3 +336,31 @@ def test_dry_run_states_epochs_and_warns_once_data_repeats(prepared, tmp_path):
     assert {r["epochs"] for r in external} == {None}  # its own data, not data.*
     code, stdout, stderr = cli("sweep", "isoflop", "isoflop_cpu", "study.budgets=[1e11]", "--dry-run")
     assert code == 0 and "warning" not in stderr and " - " not in stdout.split("epochs")[1]
+
+
+def test_a_study_on_a_prepared_few_mb_corpus_is_trained_and_fitted(tmp_path):
+    """The whole path on real tokens: a corpus of a few MB, a BPE trained on it, a tiny
+    IsoFLOP study on the shards (bits per byte in its table), and its fit."""
+    from scaleflow.collect import collect
+    from scaleflow.config import compose_study
+    from scaleflow.sweep import sweep
+
+    docs = make_docs(n=6000, seed=1)
+    source = write_jsonl(tmp_path / "corpus.jsonl", docs)
+    assert (tmp_path / "corpus.jsonl").stat().st_size > 2e6
+    out = tmp_path / "data"
+    code, _, stderr = cli("data", "prepare", source, "--out", str(out), "--train-bpe", "512")
+    assert code == 0, stderr
+    vocab = json.loads((out / "meta.json").read_text())["vocab_size"]
+    shapes = ", ".join(f"{{n_layer: 1, d_model: {d}, n_head: 2}}" for d in (8, 16, 24, 32))
+    cfg = compose_study("isoflop_cpu", [f"study_dir={tmp_path / 'study'}", "data=tokens", f"data.path={out}",
+                                        f"model.vocab_size={vocab}", "model.seq_len=32", "trainer.batch_size=8",
+                                        "trainer.eval_every=1000", "trainer.eval_sequences=16",
+                                        f"study.shapes=[{shapes}]", "study.budgets=[3e9, 6e9]", "study.min_steps=20"])
+    report = sweep(cfg, "isoflop")
+    assert report.outcome.finished == len(report.specs) == 8
+    runs = collect(tmp_path / "study").runs
+    assert runs["val_bpb"].notna().all() and (runs["val_bpb"] < runs["loss"] / math.log(2)).all()
+    code, stdout, stderr = cli("fit", str(tmp_path / "study"), "--law", "approach3", "--bootstrap", "0", "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["approach3"]["alpha"] > 0
