@@ -123,6 +123,15 @@ def fit(
                                            "both recipes.")] = False,
     versus: Annotated[Optional[str], typer.Option("--versus", help="compute-multiplier: a second table or study, "
                                                   "the second recipe (B) against SOURCE (A).")] = None,
+    predict_schedule: Annotated[Optional[str], typer.Option("--predict-schedule", help="loss-curve: schedules to "
+                                                            "predict, comma-separated, e.g. 'wsd:steps=800:"
+                                                            "decay_fraction=0.2,cosine:steps=800' (keys: steps, "
+                                                            "warmup_steps, decay_fraction, decay_shape, "
+                                                            "final_lr_fraction, lr; unset: as the fitted runs).")] = None,
+    holdout: Annotated[Optional[str], typer.Option("--holdout", help="loss-curve: run ids (comma-separated) left "
+                                                   "out of the fit; their final losses are predicted.")] = None,
+    curve_loss: Annotated[str, typer.Option("--curve-loss", help="loss-curve: the history's train_loss or "
+                                            "val_loss.")] = "train_loss",
     as_json: Json = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write fit.json, plots (PNG, SVG), report.md "
                                                 "and report.html here.")] = None,
@@ -132,7 +141,7 @@ def fit(
 ) -> None:
     """Fit scaling laws (Chinchilla approaches 1-3, power law, LR / batch size) to a study or a table."""
     from scaleflow.fit.api import FitOptions, fit as run_fit
-    from scaleflow.report import disagreement, flops_line, sections, warnings_of, write
+    from scaleflow.report import write
     from scaleflow.trackers import fit_tracker, log_fit_report
 
     if not huber_delta > 0:
@@ -144,7 +153,10 @@ def fit(
                          n_bootstrap=bootstrap, huber_delta=huber_delta, predict=_floats(predict, "--predict"),
                          holdout_largest=holdout_largest, seed=seed, history=str(history) if history else None,
                          source_kind=from_, asymmetry=asymmetry, shared_e=shared_e, versus=versus,
-                         chance=chance, at=_pairs(at))
+                         chance=chance, at=_pairs(at), curve_loss=curve_loss,
+                         study_dir=source if not from_ and Path(source).is_dir() else None,
+                         holdout_runs=tuple(h.strip() for h in (holdout or "").split(",") if h.strip()),
+                         predict_schedules=tuple(p.strip() for p in (predict_schedule or "").split(",") if p.strip()))
     run = run_fit(source, options)
     d = run.to_dict()
     written = write(run, out, "scaleflow " + shlex.join(sys.argv[1:])) if out is not None else []
@@ -153,17 +165,23 @@ def fit(
     if as_json:
         _print_json(d)
         return
+    _render_fit(d, f"[bold]{source}[/]: {d['n_points']} runs, law {law}, {bootstrap} bootstrap replicates")
+    if written:
+        _console().print(f"wrote {len(written)} files to {out}")
+
+
+def _render_fit(d: dict, headline: str) -> None:
+    """A fit's tables on stdout, its disagreement and warnings on stderr."""
+    from scaleflow.report import disagreement, flops_line, sections, warnings_of
+
     if disagreement(d):
         _console(stderr=True).print(f"[bold red]warning: {disagreement(d)}[/]", markup=True, highlight=False)
-    _console().print(f"[bold]{source}[/]: {d['n_points']} runs, law {law}, {bootstrap} bootstrap replicates; "
-                     f"FLOPs: {flops_line(d)}")
+    _console().print(f"{headline}; FLOPs: {flops_line(d)}")
     for s in sections(d):
         _render(s.title, s.header, s.rows, s.text)
     err = _console(stderr=True)
     for w in warnings_of(d):
         err.print(f"[yellow]{w}[/]", markup=True, highlight=False)
-    if written:
-        _console().print(f"wrote {len(written)} files to {out}")
 
 
 def predict(

@@ -97,6 +97,15 @@ def _lr_bs(data: FitData, o: FitOptions):
     return {"lr_bs": fitter.fit(data.table)}
 
 
+def _lr_bs_nd(data: FitData, o: FitOptions):
+    """The compute-only law (`lr_bs`) beside eta_opt(N, D), B_opt(N, D) and their comparison (`lr_bs_nd`)."""
+    from scaleflow.fit.hparams_nd import LrBsNDFitter
+
+    batch = "batch_tokens" if "batch_tokens" in data.table.columns else "batch_size"
+    nd = LrBsNDFitter(batch=batch, rtol=o.budget_rtol, n_bootstrap=o.n_bootstrap, seed=o.seed).fit(data.table)
+    return {**_lr_bs(data, o), "lr_bs_nd": nd}
+
+
 def _lr_transfer(data: FitData, o: FitOptions) -> dict[str, Any]:
     from scaleflow.fit.transfer import LrTransferFitter
 
@@ -133,6 +142,18 @@ def _compute_multiplier(data: FitData, o: FitOptions) -> dict[str, Any]:
     return {"compute_multiplier": fitter.fit(table)}
 
 
+
+def _loss_curve(data: FitData, o: FitOptions) -> dict[str, Any]:
+    from scaleflow.fit.loss_curve import fit_loss_curve
+
+    if not o.study_dir:
+        raise FitError("--law loss-curve needs the runs' histories and schedules: give a study directory as SOURCE, "
+                       "not a table")
+    return {"loss_curve": fit_loss_curve(o.study_dir, data.history, holdout=o.holdout_runs,
+                                         schedules=o.predict_schedules, loss_key=o.curve_loss, where=o.where,
+                                         huber_delta=o.huber_delta)}
+
+
 LAWS: dict[str, LawEntry] = {
     "chinchilla": LawEntry(_chinchilla, "approaches 3, 2 and 1, each where the data supports it"),
     "approach3": LawEntry(_only("approach3"), "L(N, D) = E + A/N^alpha + B/D^beta"),
@@ -140,6 +161,8 @@ LAWS: dict[str, LawEntry] = {
     "approach1": LawEntry(_only("approach1"), "the envelope of loss curves"),
     "power": LawEntry(_power, "L = E + A x^-alpha (x: the column mapped by --col x=..., else flops, else params)"),
     "lr-bs": LawEntry(_lr_bs, "optimal learning rate and batch size against compute"),
+    "lr-bs-nd": LawEntry(_lr_bs_nd, "lr-bs beside eta_opt = c N^a D^b, B_opt = c N^g D^h (Step Law's form; needs "
+                                    "2+ model sizes at some budget) and a leave-one-budget-out comparison"),
     "lr-transfer": LawEntry(_lr_transfer, "drift of the optimal learning rate with width (SP vs muP)"),
     "compute-multiplier": LawEntry(_compute_multiplier, "compute multiplier of recipe B over A: L(N, D) with "
                                                         "shared exponents (--col recipe=Column, or --versus SOURCE_B)"),
@@ -147,6 +170,8 @@ LAWS: dict[str, LawEntry] = {
                                                 "trade-off of a batch-size sweep (needs the training history)"),
     "rollout": LawEntry(_rollout, "backtest: fit budgets C_1..C_k with every approach, predict C_(k+1)'s optimum, "
                                   "for k = 2 .. K-1 (errors, prediction intervals)"),
+    "loss-curve": LawEntry(_loss_curve, "loss curve under any LR schedule, L0 + A S1^-alpha - C S2 (Tissue et al. "
+                                        "2024), on one model size's runs of a study (--predict-schedule, --holdout)"),
     "downstream": LawEntry(_downstream, "task loss L_task(N, D) (approach 3 form), then accuracy as a sigmoid of "
                                         "task loss (--col task_loss=..., --col accuracy=..., --chance)"),
 }

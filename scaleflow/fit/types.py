@@ -37,6 +37,10 @@ class FitOptions:
     asymmetry: float = 1.0  # approach 3: weight of runs the model over-estimates (> 1: lower envelope)
     shared_e: bool = False  # compute-multiplier: one irreducible loss E for both recipes
     versus: str | None = None  # compute-multiplier: a second source, the second recipe
+    study_dir: str | None = None  # loss-curve: the study directory SOURCE (its runs' config.yaml); the CLI sets it
+    holdout_runs: tuple[str, ...] = ()  # loss-curve: run ids left out of the fit and predicted
+    predict_schedules: tuple[str, ...] = ()  # loss-curve: schedules to predict (fit.loss_curve.SCHEDULE_SYNTAX)
+    curve_loss: str = "train_loss"  # loss-curve: the history's train_loss or val_loss
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,12 +15,13 @@ from typing import Any
 
 from scaleflow.files import write_text
 from scaleflow.fit.types import FitRun
-from scaleflow.report import chinchilla, critical_batch, downstream, hparams, multiplier, rollout, transfer
+from scaleflow.report import (chinchilla, critical_batch, downstream, hparams, loss_curve, multiplier, rollout,
+                              transfer)
 from scaleflow.report.format import Section, fmt, fmt_ci, md_table
 
 #: Every part of the report, in report order: each has RESULTS (the result names it draws),
 #: plot(run, out, plt) -> PNG names and sections(fit JSON dict) -> [Section].
-PARTS = (chinchilla, hparams, transfer, critical_batch, multiplier, rollout, downstream)
+PARTS = (chinchilla, hparams, transfer, critical_batch, multiplier, rollout, downstream, loss_curve)
 _DRAWN = {name for part in PARTS for name in part.RESULTS}
 _KNOWN_ORDER = tuple(name for part in PARTS for name in part.RESULTS)
 
