@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from scaleflow.files import read_json, read_jsonl
-from scaleflow.store import run_dirs
+from scaleflow.store import is_finished, run_dirs
 
 
 @dataclass
@@ -37,7 +37,7 @@ def collect(study_dir: Path, progress: Optional[Callable[[int], None]] = None) -
     for run_dir in run_dirs(study_dir):
         summary = read_json(run_dir / "summary.json")
         meta = read_json(run_dir / "run.json") or {}
-        if summary is None or summary.get("status") not in ("done", "diverged"):
+        if not is_finished(summary):
             skipped += 1
             if (run_dir / "summary.json").exists():
                 warnings.append(f"{run_dir.name}: summary.json is corrupt")

@@ -65,13 +65,11 @@ def write_text(path: Path, text: str) -> None:
 
 
 def read_json(path: Path) -> dict | None:
-    """A JSON object, or None when the file is missing, truncated or corrupt."""
-    try:
-        with open(path) as f:
-            obj = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
+    """A JSON object, or None when the file is missing, truncated or corrupt (runlog.read_json:
+    the run contract's reader, non-finite values restored)."""
+    from scaleflow import runlog
+
+    return runlog.read_json(path)
 
 
 def read_jsonl(path: Path) -> Iterator[dict]:

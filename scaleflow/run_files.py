@@ -16,6 +16,12 @@ from scaleflow.errors import StoreError
 from scaleflow.files import read_jsonl, write_json, write_text
 
 
+def diverges(loss: float, initial_loss: float, factor: float) -> bool:
+    """The divergence rule (trainer.divergence_factor): a loss that is not finite, or above
+    `factor` x the run's first training loss."""
+    return not math.isfinite(loss) or loss > factor * initial_loss
+
+
 def set_aside_earlier_results(run_dir: Path) -> None:
     """resume=false starts a new run from step 0. What an earlier run left here moves to
     previous/<n>/ (as `sweep --force` does): left in place, its summary would read as this

@@ -33,6 +33,14 @@ STATES = ("planned", "queued", "running", "stopped", "done", "failed", "diverged
 _ID = re.compile(r"^[0-9a-f]{10}$")
 
 
+#: A run that ended (at its planned length, or stopped as diverged): never trained again.
+FINISHED = ("done", "diverged")
+
+
+def is_finished(summary: Optional[dict]) -> bool:
+    return summary is not None and summary.get("status") in FINISHED
+
+
 def study_dir_for(cfg) -> Path:
     """Where a study lives: study_dir=..., else runs/<study name>. Names cannot escape runs/."""
     if cfg.study_dir:
@@ -67,8 +75,8 @@ def register(study_dir: Path, specs: Iterable[RunSpec], study_name: str, kind: s
         config_path = run_dir / "config.yaml"
         # Settings outside a run's id (an extendable trunk's length, bookkeeping such as log_every,
         # how an external trainer's results are read) follow the study until the run has finished.
-        if not config_path.exists() or (config_path.read_text() != text
-                                        and (spec.config["trainer"]["extendable"] or not _finished(run_dir))):
+        follows = spec.config["trainer"]["extendable"] or not is_finished(read_json(run_dir / "summary.json"))
+        if not config_path.exists() or (follows and config_path.read_text() != text):
             write_text(config_path, text)
         meta = read_json(run_dir / "run.json")
         wanted = {**spec.meta(), "study": study_name}
@@ -78,11 +86,6 @@ def register(study_dir: Path, specs: Iterable[RunSpec], study_name: str, kind: s
             archive(run_dir)
         dirs.append(run_dir)
     return dirs
-
-
-def _finished(run_dir: Path) -> bool:
-    summary = read_json(run_dir / "summary.json")
-    return summary is not None and summary.get("status") in ("done", "diverged")
 
 
 def archive(run_dir: Path) -> None:
@@ -149,7 +152,7 @@ def run_state(run_dir: Path, scheduler_states: Optional[dict[str, str]] = None) 
     loss = last.get("train_loss", last.get("val_loss"))
     job_id = job.get("job_id")
     failed = summary is not None and summary.get("status") == "failed"
-    if summary is not None and summary.get("status") in ("done", "diverged"):
+    if is_finished(summary):
         state = summary["status"]
         loss = summary.get("val_loss") or loss
     elif is_locked(run_dir):

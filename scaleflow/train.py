@@ -8,7 +8,6 @@ model, the optimizer, the step and the RNG states; the data of a step is a pure 
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from scaleflow.checkpoints import checkpoint_path, latest_checkpoint, load_check
 from scaleflow.files import read_jsonl, write_text
 from scaleflow.model import GPT
 from scaleflow.plan import RunPlan, plan_run
-from scaleflow.run_files import (append_metrics, json_line, set_aside_earlier_results, truncate_metrics, write_config,
+from scaleflow.run_files import (append_metrics, diverges, json_line, set_aside_earlier_results, truncate_metrics, write_config,
                                  write_summary)
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s
@@ -171,7 +170,7 @@ def train(
                     "train_loss": loss_value, "grad_norm": grad_norm.item(), **clock.at(done)}
             if s.noise is not None:
                 line["grad_noise_scale"] = noise_scale
-            if not math.isfinite(loss_value) or loss_value > t.divergence_factor * state["initial_loss"]:
+            if diverges(loss_value, state["initial_loss"], t.divergence_factor):
                 log({**line, "diverged": True})
                 status, diverged_step = "diverged", done
                 break

@@ -116,9 +116,10 @@ def _finished_summary(run_dir: Path, cfg) -> dict | None:
     """The summary of a run that already ended (done or diverged) at its planned length."""
     from scaleflow.files import read_json
     from scaleflow.plan import plan_run
+    from scaleflow.store import is_finished
 
     summary = read_json(run_dir / "summary.json")
-    if not cfg.resume or summary is None or summary.get("status") not in ("done", "diverged"):
+    if not cfg.resume or not is_finished(summary):
         return None
     if cfg.trainer.extendable and summary["status"] == "done" and summary.get("steps", 0) < plan_run(cfg).steps:
         return None  # an extended trunk: train on

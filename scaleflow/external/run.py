@@ -22,14 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
-from scaleflow.external.readers import ContractError, TrainerReport, read_report
+from scaleflow.external.readers import VALUES_FILE, ContractError, TrainerReport, read_report
 from scaleflow.external.template import command_argv, command_env, run_values
 from scaleflow.files import write_json, write_text
-from scaleflow.run_files import json_line, summary_fields
+from scaleflow.run_files import diverges, json_line, summary_fields
 from scaleflow.trackers import log_lines
 
 STDOUT, STDERR = "stdout.log", "stderr.log"
-VALUES_FILE = "run_values.json"  # every placeholder's value; $SCALEFLOW_RUN_CONFIG names it
 _FORWARDED = {signal.SIGTERM: signal.SIGTERM, signal.SIGUSR2: signal.SIGUSR2, signal.SIGINT: signal.SIGTERM}
 
 
@@ -171,6 +170,6 @@ def _diverged_step(lines: list[dict], factor: float) -> Optional[int]:
             value = line.get(key)
             if value is None:
                 continue
-            if not math.isfinite(value) or (key == "train_loss" and first is not None and value > factor * first):
+            if not math.isfinite(value) or (key == "train_loss" and first is not None and diverges(value, first, factor)):
                 return line["step"]
     return None

@@ -77,12 +77,15 @@ def _near(loss: np.ndarray, w: np.ndarray, tol: float) -> np.ndarray:
     return w * (loss <= best * (1.0 + tol))
 
 
+NEAR_OPTIMAL = 0.0025  # runs within this fraction of a cell's best loss count as optimal
+
+
 @dataclass(frozen=True, kw_only=True)
 class LrBsFitter:
     """`LrBsFitter(batch="batch_tokens", n_bootstrap=200).fit(df)` -> HparamResult."""
 
     batch: str = "batch_tokens"
-    near_optimal: float = 0.0025
+    near_optimal: float = NEAR_OPTIMAL
     rtol: float = 0.1
     n_bootstrap: int = 0
     seed: int = 0

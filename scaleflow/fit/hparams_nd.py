@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from scaleflow.errors import FitError
-from scaleflow.fit.hparams import _near
+from scaleflow.fit.hparams import NEAR_OPTIMAL, _near
 from scaleflow.fit.isoflop import group_budgets
 from scaleflow.fit.laws import DOUBTFUL, OK, Law, PowerLaw, jsonable, resample_weights
 from scaleflow.fit.tables import check_table
@@ -204,7 +204,7 @@ class LrBsNDFitter:
     Columns: params, tokens, flops, lr, the batch column and loss."""
 
     batch: str = "batch_tokens"
-    near_optimal: float = 0.0025
+    near_optimal: float = NEAR_OPTIMAL
     rtol: float = 0.1
     n_bootstrap: int = 0
     seed: int = 0
