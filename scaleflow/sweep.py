@@ -95,10 +95,12 @@ def run_study(cfg, kind: str, force: bool = False, console=None, from_dir: Optio
 
 
 def _finished(state: str, run_dir: Path, spec: RunSpec) -> bool:
-    """Diverged, or done at its planned length (a trunk done at fewer steps is extended)."""
-    if state == "diverged":
-        return True
-    return state == "done" and (read_json(run_dir / "summary.json") or {}).get("steps", 0) >= spec.steps
+    """Diverged, or done; an extendable trunk done at fewer steps than planned is extended (as
+    the worker judges it: worker._finished_summary). Another run's length is its trainer's
+    business: an external trainer may count its steps otherwise."""
+    if state != "done" or not spec.config["trainer"]["extendable"]:
+        return state in ("done", "diverged")
+    return (read_json(run_dir / "summary.json") or {}).get("steps", 0) >= spec.steps
 
 
 def _job(spec: RunSpec, run_dir: Path) -> Job:

@@ -265,3 +265,14 @@ def test_model_counts_without_a_command_are_refused(tmp_path):
         "  budgets: [1e12]", "  branch_tokens: [1e6]") + "command: {template: train.py}\n")
     with pytest.raises(ConfigError, match="cannot be branched"):
         plan_study(compose_study(str(branched)), "decay_branches")
+
+
+def test_a_run_whose_trainer_counts_its_steps_otherwise_is_not_launched_again(tmp_path, fake):
+    path = study(tmp_path, fake)
+    path.write_text(path.read_text().replace("--steps={run.steps}", "--steps=7"))  # 7 steps, whatever the plan
+    cfg = compose_study(str(path), [f"study_dir={tmp_path / 's'}", "study.shapes=[{params: 2e5}]"])
+    first = sweep(cfg, "isoflop")
+    assert first.outcome.finished == 1
+    assert json.loads((first.study_dir / first.specs[0].run_id / "summary.json").read_text())["steps"] == 7 < first.specs[0].steps
+    again = sweep(cfg, "isoflop")
+    assert again.launched == 0 and again.skipped_done == 1
