@@ -284,11 +284,14 @@ def isoflop(cfg) -> list[RunSpec]:
 
 
 def lr_bs(cfg) -> list[RunSpec]:
-    """DeepSeek-style grid: peak LR x batch size at each budget, for the budget's model."""
+    """DeepSeek-style grid: peak LR x batch size at each budget, for the budget's model (one shape,
+    or one per budget); with study.every_shape, for every shape at every budget (Step Law's (N, D)
+    grid, which `fit --law lr-bs-nd` needs to separate N from D)."""
     budgets, shapes = _check_budgets(cfg), ladder(cfg)
     s = cfg.study
-    if len(shapes) not in (1, len(budgets)):
-        raise ConfigError(f"an lr_bs study needs one model shape, or one per budget ({len(budgets)}), not {len(shapes)}")
+    if not s.every_shape and len(shapes) not in (1, len(budgets)):
+        raise ConfigError(f"an lr_bs study needs one model shape, or one per budget ({len(budgets)}), not "
+                          f"{len(shapes)}; set study.every_shape=true to train every shape at every budget")
     if not s.lrs or not s.batch_sizes:
         raise ConfigError("an lr_bs study needs study.lrs and study.batch_sizes")
     if min(s.lrs) <= 0 or min(s.batch_sizes) < 1:
@@ -296,20 +299,26 @@ def lr_bs(cfg) -> list[RunSpec]:
     base = _plain(cfg)
     specs = []
     for i, budget in enumerate(budgets):
-        shape = shapes[i if len(shapes) > 1 else 0]
-        counts = count(model_config(shape))
-        for batch in s.batch_sizes:
-            steps = steps_for_flops(budget, counts, cfg.trainer.flop_count, batch * shape["seq_len"])
-            if steps < s.min_steps:
-                continue
-            for lr in s.lrs:
-                run_base = copy.deepcopy(base)
-                run_base["optim"]["lr"] = float(lr)
-                run_base["trainer"]["batch_size"] = int(batch)
-                label = f"C={budget:.3g} lr={lr:.3g} B={batch}"
-                specs.append(make_spec(run_base, shape, steps, budget=budget, label=label))
+        for shape in shapes if s.every_shape else [shapes[i if len(shapes) > 1 else 0]]:
+            specs += _lr_bs_grid(cfg, base, shape, budget)
     _check_nonempty(specs, budgets, cfg)
     return _unique(specs)
+
+
+def _lr_bs_grid(cfg, base: dict, shape: dict, budget: float) -> list[RunSpec]:
+    """The LR x batch-size runs of one model shape at one budget (batches too short left out)."""
+    counts, specs = count(model_config(shape)), []
+    for batch in cfg.study.batch_sizes:
+        steps = steps_for_flops(budget, counts, cfg.trainer.flop_count, batch * shape["seq_len"])
+        if steps < cfg.study.min_steps:
+            continue
+        for lr in cfg.study.lrs:
+            run_base = copy.deepcopy(base)
+            run_base["optim"]["lr"] = float(lr)
+            run_base["trainer"]["batch_size"] = int(batch)
+            label = f"{_label(counts, cfg.trainer.param_count, budget)} lr={lr:.3g} B={batch}"
+            specs.append(make_spec(run_base, shape, steps, budget=budget, label=label))
+    return specs
 
 
 def mup_transfer(cfg) -> list[RunSpec]:

@@ -85,3 +85,17 @@ def test_one_model_size_per_budget_cannot_separate_n_from_d(tmp_path):
     p = scaleflow("fit", str(path), "--law", "lr-bs-nd", "--json")
     assert p.returncode == 2 and p.stdout == "" and "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0 and "cannot separate N from D" in p.stderr
+
+
+def test_report_draws_both_forms_against_the_observed_optima(tmp_path):
+    from scaleflow.report import markdown, sections, write
+
+    run = fit(grid(STEP), FitOptions(law="lr-bs-nd", n_bootstrap=10))
+    names = {p.name for p in write(run, tmp_path)}
+    assert {"lr_bs_nd.png", "lr_bs_nd.svg", "lr_bs_laws.png"} <= names
+    d = run.to_dict()
+    loo = {s.title: s for s in sections(d)}["Leave-one-budget-out: mean |log error| of the optima"]
+    assert [r[0] for r in loo.rows] == ["(N, D)", "compute-only"] and loo.text == "generalises better: nd"
+    assert loo.rows[0][3] == pytest.approx(d["lr_bs_nd"]["loo"]["mae_log"]["nd"]["mean"])
+    md = markdown(d, ["lr_bs_nd.png"])
+    assert "eta_opt" in md and "(N, D) cells" in md and "![lr_bs_nd](lr_bs_nd.png)" in md

@@ -271,3 +271,17 @@ def test_a_script_without_a_main_guard_runs_its_study_once(study_file, tmp_path)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert ran.read_text() == "once "
+
+
+def test_an_lr_bs_grid_for_every_shape_at_every_budget(study_file):
+    """study.every_shape plans Step Law's (N, D) grid; without it two shapes for three budgets
+    is an error that names the setting."""
+    from scaleflow.plan import lr_bs
+
+    base = ["study=lr_bs", "study.budgets=[4e9,8e9,1.6e10]", "study.lrs=[1e-3,2e-3]", "study.batch_sizes=[4]",
+            "study.shapes=[{n_layer: 1, d_model: 8, n_head: 1},{n_layer: 1, d_model: 16, n_head: 1}]"]
+    with pytest.raises(ConfigError, match="every_shape"):
+        lr_bs(compose_study(str(study_file), base))
+    specs = lr_bs(compose_study(str(study_file), base + ["study.every_shape=true"]))
+    cells = {(s.budget, s.params) for s in specs}
+    assert len(cells) == 6 and len(specs) == 12 and len({s.params for s in specs}) == 2

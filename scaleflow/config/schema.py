@@ -231,6 +231,7 @@ class LrBsStudyConfig(LadderStudyConfig):
     budgets: list[float] = field(default_factory=list)  # training FLOPs per budget
     lrs: list[float] = field(default_factory=list)  # peak learning rates
     batch_sizes: list[int] = field(default_factory=list)  # sequences per optimizer step
+    every_shape: bool = False  # every shape at every budget: an (N, D) grid for `fit --law lr-bs-nd`
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The report's part for power laws and the LR / batch-size laws: the power law with its data,
-LR / batch-size maps per budget and the laws of the optima against compute; their tables."""
+LR / batch-size maps per budget, the laws of the optima against compute, and the (N, D) laws
+against the compute-only ones (predicted against observed optima); their tables."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from scaleflow.fit.types import FitRun
 from scaleflow.report.format import Section, fmt_ci, save_figure
 
-RESULTS = ("power", "lr_bs")
+RESULTS = ("power", "lr_bs", "lr_bs_nd")
 
 
 def _plot_power(law, table, out: Path, plt) -> str:
@@ -58,8 +59,31 @@ def _plot_lr_bs(res, out: Path, plt) -> list[str]:
     return names
 
 
+def _plot_lr_bs_nd(res, out: Path, plt) -> str:
+    """Each cell's observed optimum against both forms' predictions: held out by budget where the
+    leave-one-budget-out comparison ran, in sample otherwise."""
+    held = res.loo is not None
+    points = res.loo["points"] if held else [
+        {"lr_observed": c.lr_opt, "lr_nd": float(res.lr_law(c.params, c.tokens)), "lr_compute": float(res.lr_c(c.flops)),
+         "batch_observed": c.batch_opt, "batch_nd": float(res.batch_law(c.params, c.tokens)),
+         "batch_compute": float(res.batch_c(c.flops))} for c in res.cells]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, q, label in ((axes[0], "lr", "learning rate"), (axes[1], "batch", f"batch ({res.batch_unit})")):
+        obs = np.array([p[f"{q}_observed"] for p in points])
+        for form, marker, name in (("nd", "o", "(N, D) law"), ("compute", "s", "compute-only law")):
+            ax.scatter(obs, [p[f"{q}_{form}"] for p in points], marker=marker, s=30, alpha=0.8, label=name)
+        lo, hi = obs.min() / 2, obs.max() * 2
+        ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel=f"observed optimum {label}",
+               ylabel="predicted" + (" (budget held out)" if held else " (in sample)"))
+        ax.legend()
+    return save_figure(fig, out, "lr_bs_nd")
+
+
 def plot(run: FitRun, out: Path, plt) -> list[str]:
     names: list[str] = []
+    if "lr_bs_nd" in run.results:
+        names.append(_plot_lr_bs_nd(run.results["lr_bs_nd"], out, plt))
     if "power" in run.results:
         names.append(_plot_power(run.results["power"], run.data.table, out, plt))
     if "lr_bs" in run.results:
@@ -83,4 +107,25 @@ def sections(d: dict[str, Any]) -> list[Section]:
                                                         "near-optimal", "status"],
                            [[b["flops"], b["n_runs"], b["lr"], b["batch"], b["loss"], b["n_near_optimal"], b["status"]]
                             for b in h["budgets"]]))
+    if "lr_bs_nd" in d:
+        out += _lr_bs_nd_sections(d["lr_bs_nd"])
+    return out
+
+
+def _lr_bs_nd_sections(h: dict[str, Any]) -> list[Section]:
+    ci = lambda law, k: fmt_ci(law["ci"][k])
+    laws = Section("LR and batch size against (N, D): y = c N^a D^b", ["law", "c", "a", "95% CI of a", "b", "95% CI of b"],
+                   [[name, h[k]["c"], h[k]["a"], ci(h[k], "a"), h[k]["b"], ci(h[k], "b")]
+                    for k, name in (("lr", "eta_opt"), ("batch", f"B_opt ({h['batch_unit']})"))], h["message"])
+    out = [laws]
+    if h["loo"]:
+        m = h["loo"]["mae_log"]
+        out.append(Section("Leave-one-budget-out: mean |log error| of the optima", ["form", "lr", "batch", "mean"],
+                           [[name, m[f]["lr"], m[f]["batch"], m[f]["mean"]]
+                            for f, name in (("nd", "(N, D)"), ("compute", "compute-only"))],
+                           f"generalises better: {h['loo']['winner']}"))
+    out.append(Section("LR / batch size: (N, D) cells", ["budget (FLOPs)", "params", "tokens", "runs", "near-optimal",
+                                                         "lr_opt", "batch_opt", "best loss"],
+                       [[c["flops"], c["params"], c["tokens"], c["n_runs"], c["n_near_optimal"], c["lr_opt"],
+                         c["batch_opt"], c["loss"]] for c in h["cells"]]))
     return out
