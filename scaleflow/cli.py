@@ -292,12 +292,14 @@ def collect(study_dir: Annotated[Path, typer.Argument(help="a study directory")]
 def _register_commands() -> None:
     """Commands that live in their own modules (they import nothing heavy at load time)."""
     from scaleflow.cli_data import register as register_data
+    from scaleflow.cli_design import register as register_design
     from scaleflow.cli_fit import register as register_fit
     from scaleflow.cli_mup import register as register_mup
 
     register_fit(app)
     register_mup(app, console)
     register_data(app, console)
+    register_design(app, console)
 
 
 _register_commands()

@@ -72,6 +72,13 @@ def run_study(cfg, kind: str, force: bool = False, console=None, from_dir: Optio
     trained by another process) -> launch the rest as jobs."""
     specs = plan_study(cfg, kind, from_dir)
     study_dir = Path(from_dir).parent if from_dir is not None else study_dir_for(cfg)
+    return launch_specs(cfg, kind, specs, study_dir, force, console)
+
+
+def launch_specs(cfg, kind: str, specs: list[RunSpec], study_dir: Path, force: bool = False,
+                 console=None) -> StudyReport:
+    """Register planned runs in the study directory and launch those not finished (`scaleflow
+    next --launch` adds its chosen runs this way)."""
     dirs = register(study_dir, specs, cfg.study.name, kind, force=force)
     report = StudyReport(specs, study_dir)
     finished, busy = set(), set()

@@ -16,12 +16,12 @@ from typing import Any
 from scaleflow.files import write_text
 from scaleflow.fit.types import FitRun
 from scaleflow.report import (chinchilla, critical_batch, downstream, hparams, loss_curve, multiplier, rollout,
-                              transfer)
+                              rounds, transfer)
 from scaleflow.report.format import Section, fmt, fmt_ci, md_table
 
 #: Every part of the report, in report order: each has RESULTS (the result names it draws),
 #: plot(run, out, plt) -> PNG names and sections(fit JSON dict) -> [Section].
-PARTS = (chinchilla, hparams, transfer, critical_batch, multiplier, rollout, downstream, loss_curve)
+PARTS = (chinchilla, hparams, transfer, critical_batch, multiplier, rollout, downstream, loss_curve, rounds)
 _DRAWN = {name for part in PARTS for name in part.RESULTS}
 _KNOWN_ORDER = tuple(name for part in PARTS for name in part.RESULTS)
 
@@ -121,6 +121,8 @@ def write(run: FitRun, out_dir: str | Path, command: str = "") -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     d = run.to_dict(include_samples=True)  # the report's tables never read the samples
+    if next_rounds := rounds.read_rounds(run.options.study_dir):
+        d["next_rounds"] = next_rounds
     write_text(out / "fit.json", json.dumps(d, indent=1) + "\n")
     images = plot_all(run, out)
     md_text = markdown(d, images, command)
