@@ -139,7 +139,7 @@ def next_cmd(
         return
     last = rounds[-1]
     _out.print(f"interval of {quantity} at {target_flops:.3g} FLOPs: [{_fmt(last['interval'][0])}, "
-                  f"{_fmt(last['interval'][1])}] (width {last['width']:.3g}) after "
+                  f"{_fmt(last['interval'][1])}] (width {last['width']:.3g}), measured after "
                   f"{sum(r['compute'] for r in rounds):.3g} FLOPs in {sum(bool(r['runs']) for r in rounds)} round(s)")
 
 

@@ -195,8 +195,9 @@ def run_loop(cfg, kind: str, target: float, compute: float, until_width: Optiona
              round_compute: Optional[float] = None, n_bootstrap: int = 200, seed: int = 0, console=None,
              on_round=None) -> list[dict[str, Any]]:
     """Rounds of fit -> propose -> launch until the interval of `quantity` at `target` is at most
-    `until_width` wide (None: one round) or `compute` FLOPs are spent. Each round (and, for a
-    loop, the interval measured after the last) is appended to the study's next_log.jsonl."""
+    `until_width` wide (None: one round) or `compute` FLOPs are spent; then a last fit measures
+    the interval the rounds bought. Every round, and that measurement (a record with no runs),
+    is appended to the study's next_log.jsonl."""
     from scaleflow.store import study_dir_for
 
     study_dir, spent, rounds = study_dir_for(cfg), 0.0, []
@@ -207,17 +208,9 @@ def run_loop(cfg, kind: str, target: float, compute: float, until_width: Optiona
         except NoAffordableRun:
             if not rounds:
                 raise
-            nxt = None  # the compute is spent: measure what the rounds bought
-        reached = nxt is not None and until_width is not None and nxt.width_now <= until_width
-        if nxt is None or reached:
-            law, table = current_fit(study_dir, n_bootstrap, seed)
-            interval = interval_of(replicate_answers(law, target, quantity), TARGETS[quantity][1])
-            rounds.append({"round": len(rounds), "target": target, "quantity": quantity, "n_finished": len(table),
-                           "interval": interval, "width": width(interval, quantity), "compute": 0.0,
-                           "compute_spent": spent, "runs": [], "reached": bool(reached) or (
-                               until_width is not None and width(interval, quantity) <= until_width)})
-            log_round(study_dir, rounds[-1])
-            return rounds
+            break  # the compute is spent
+        if until_width is not None and nxt.width_now <= until_width:
+            break
         failed = launch(cfg, kind, nxt.specs, console)
         spent += nxt.proposal.cost
         rounds.append({**_record(len(rounds), nxt, quantity), "compute_spent": spent, "failed": failed})
@@ -225,7 +218,15 @@ def run_loop(cfg, kind: str, target: float, compute: float, until_width: Optiona
         if on_round:
             on_round(rounds[-1])
         if until_width is None or failed:
-            return rounds
+            break
+    law, table = current_fit(study_dir, n_bootstrap, seed)
+    interval = interval_of(replicate_answers(law, target, quantity), TARGETS[quantity][1])
+    reached = until_width is not None and width(interval, quantity) <= until_width
+    rounds.append({"round": len(rounds), "target": target, "quantity": quantity, "n_finished": len(table),
+                   "interval": interval, "width": width(interval, quantity), "compute": 0.0, "compute_spent": spent,
+                   "runs": [], "reached": reached})
+    log_round(study_dir, rounds[-1])
+    return rounds
 
 
 def _record(i: int, nxt: NextRuns, quantity: str) -> dict[str, Any]:

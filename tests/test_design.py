@@ -137,11 +137,12 @@ def test_next_proposes_launches_and_logs_its_rounds(loop_study, tmp_path):
     args = [str(study), f"study_dir={study_dir}", "--target", "1e22", "--compute", "6e19", "--bootstrap", "30"]
     launched = run_cli("next", *args, "--launch", "--json")
     assert launched.returncode == 0, launched.stderr
-    (round0,) = json.loads(launched.stdout)["rounds"]
+    round0, measured = json.loads(launched.stdout)["rounds"]
     assert {r["run_id"] for r in round0["runs"]} == set(p.runs["run_id"])  # the proposal shown is the one trained
+    assert measured["runs"] == [] and measured["n_finished"] == 9 + len(p.runs) and measured["width"] < round0["width"]
     assert {p.parent.name for p in study_dir.glob("*/result.json")} >= set(p.runs["run_id"])
     assert len(list(study_dir.glob("*/result.json"))) == 9 + len(p.runs)
-    assert [json.loads(line)["round"] for line in (study_dir / "next_log.jsonl").read_text().splitlines()] == [0]
+    assert [json.loads(line)["round"] for line in (study_dir / "next_log.jsonl").read_text().splitlines()] == [0, 1]
 
     run = fit(study_dir, FitOptions(law="approach3", n_bootstrap=0, study_dir=str(study_dir)))
     write(run, tmp_path / "fit")
