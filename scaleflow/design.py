@@ -165,17 +165,20 @@ def log_round(study_dir: Path, record: dict[str, Any]) -> None:
 
 def wait_for(run_dirs: list[Path], poll_s: float = 30.0) -> list[str]:
     """Block until every run is finished or failed (runs submitted to SLURM return at once);
-    returns the failed runs' names. Polls the run directories and the scheduler's queue."""
+    returns the failed or stopped runs' names. Polls the run directories and the scheduler's
+    queue, every 0.5 s at first, then less often, up to every `poll_s` seconds."""
     import time
 
     from scaleflow.launch.slurm import queue_states
     from scaleflow.store import run_state
 
+    wait = 0.5
     while True:
         states = [run_state(d, queue_states()) for d in run_dirs]
         if all(s.state in ("done", "diverged", "failed", "stopped") for s in states):
             return [s.run_dir.name for s in states if s.state in ("failed", "stopped")]
-        time.sleep(poll_s)
+        time.sleep(wait)
+        wait = min(poll_s, wait * 1.5)
 
 
 def launch(cfg, kind: str, specs: list[RunSpec], console=None) -> list[str]:

@@ -57,7 +57,6 @@ study:
 trainer: {batch_size: 64}
 model: {seq_len: 2048}
 command: {template: TEMPLATE}
-launcher: {max_parallel: 2}
 """
 
 
@@ -108,7 +107,8 @@ def trained(tmp_path_factory):
     path = root / "loop.yaml"
     path.write_text(STUDY.replace("SHAPES", shapes).replace("TEMPLATE", json.dumps(template)))
     env = {**os.environ, "RUNLOG_DIR": RUNLOG_DIR}
-    assert run_cli("sweep", "isoflop", str(path), f"study_dir={root / 'study'}", env=env).returncode == 0
+    assert run_cli("sweep", "isoflop", str(path), f"study_dir={root / 'study'}", "launcher.max_parallel=2",
+                   env=env).returncode == 0
     assert len(list((root / "study").glob("*/result.json"))) == 9
     return path, root / "study"
 
@@ -194,3 +194,23 @@ def test_simulate_a_study_from_its_saved_fit(loop_study, tmp_path):
     numbers = run_cli("simulate", str(study), f"study_dir={study_dir}", "--target", "1e22",
                       "--truth", "E=1.69,A=406.4,B=410.7,alpha=0.34")
     assert numbers.returncode == 2 and "missing beta" in numbers.stderr
+
+
+@pytest.mark.slurm
+def test_next_launches_its_runs_on_slurm_and_waits_for_them(loop_study):
+    from slurm_util import cluster_available
+
+    ok, reason = cluster_available()
+    if not ok:
+        pytest.skip(reason)
+    study, study_dir, _ = loop_study
+    out = run_cli("next", str(study), f"study_dir={study_dir}", "launcher=slurm", "launcher.cpus_per_task=1",
+                  "launcher.mem_gb=1", "--target", "1e22", "--compute", "3e19", "--bootstrap", "20", "--launch", "--json")
+    assert out.returncode == 0, out.stderr
+    round0, measured = json.loads(out.stdout)["rounds"]
+    chosen = {r["run_id"] for r in round0["runs"]}
+    assert chosen and not round0["failed"]
+    for run_id in chosen:  # submitted as jobs, waited for, and fitted in the last record
+        assert json.loads((study_dir / run_id / "job.json").read_text())["launcher"] == "slurm"
+        assert (study_dir / run_id / "result.json").exists()
+    assert measured["n_finished"] == 9 + len(chosen)
