@@ -139,7 +139,7 @@ def _print_plan(specs, throughput: float, title: str) -> None:
     from scaleflow.sweep import plan_rows, repeat_warning
 
     rows = plan_rows(specs, throughput)
-    columns = ["run", "kind", "N", "D", "D/N", "steps", "batch", "lr", "FLOPs", "est_s", "epochs"]
+    columns = ["run", "kind", "N", "D", "D/N", "steps", "batch", "lr", "wd", "rule", "FLOPs", "est_s", "epochs"]
     console.print(_table(title, [tuple("-" if r[c] is None else _fmt(r[c]) for c in columns) for r in rows], columns))
     flops = sum(r["FLOPs"] for r in rows)
     console.print(f"[bold]{len(rows)} runs, {flops:.3g} FLOPs, about {flops / throughput / 60:.1f} min "

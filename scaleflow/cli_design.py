@@ -146,10 +146,11 @@ def next_cmd(
 def _print_proposal(nxt, quantity: str) -> None:
     p = nxt.proposal
     table = Table(title=f"proposed runs: {len(p.runs)}, {p.cost:.3g} FLOPs", title_justify="left")
-    for h in ("run", "label", "N (params)", "D (tokens)", "FLOPs", "share of variance removed"):
+    for h in ("run", "label", "N (params)", "D (tokens)", "FLOPs", "lr", "batch", "share of variance removed"):
         table.add_column(h, justify="right")
     for r in p.runs.itertuples():
-        table.add_row(r.run_id, r.label, _fmt(float(r.params)), _fmt(float(r.tokens)), _fmt(float(r.cost)), f"{r.gain:.1%}")
+        table.add_row(r.run_id, r.label, _fmt(float(r.params)), _fmt(float(r.tokens)), _fmt(float(r.cost)),
+                      _fmt(float(r.lr)), str(r.batch_size), f"{r.gain:.1%}")
     _out.print(table)
     _out.print(f"{quantity} at {p.target:.3g} FLOPs, from {nxt.n_finished} runs: 95% interval "
                   f"[{_fmt(p.interval_now[0])}, {_fmt(p.interval_now[1])}] now, about [{_fmt(p.interval_expected[0])}, "

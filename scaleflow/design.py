@@ -27,11 +27,13 @@ NEW_BUDGETS = 6
 
 def design_table(specs: list[RunSpec]):
     """Planned runs as the table a fit would see: params, tokens, flops, budget, cost (the FLOPs
-    a run itself spends: a decay branch reuses its trunk), run_id, label."""
+    a run itself spends: a decay branch reuses its trunk), run_id, label, lr and batch_size (as
+    the study's hparams rule set them)."""
     import pandas as pd
 
     return pd.DataFrame([{"params": s.params, "tokens": s.tokens, "flops": s.flops, "budget": s.budget,
-                          "cost": s.own_flops, "run_id": s.run_id, "label": s.label} for s in specs])
+                          "cost": s.own_flops, "run_id": s.run_id, "label": s.label, "lr": s.config["optim"]["lr"],
+                          "batch_size": s.config["trainer"]["batch_size"]} for s in specs])
 
 
 def _plan(cfg, kind: str) -> list[RunSpec]:

@@ -46,6 +46,7 @@ class RunSpec:
     fork_step: Optional[int] = None  # branches: the trunk step they start from
     fork_steps: list[int] = field(default_factory=list)  # trunks: checkpoints kept for branches
     start_step: int = 0  # steps not trained by this run (a branch's share of its trunk)
+    rule: str = "fixed"  # the hparams rule that set its LR, batch and weight decay (scaleflow/rules.py)
 
     @property
     def params(self) -> int:
@@ -74,7 +75,7 @@ class RunSpec:
         return {
             "run_id": self.run_id, "kind": self.kind, "budget": self.budget, "label": self.label,
             "parent": self.parent, "fork_step": self.fork_step, "fork_steps": self.fork_steps,
-            "steps": self.steps, "flops": self.flops, "own_flops": self.own_flops,
+            "steps": self.steps, "flops": self.flops, "own_flops": self.own_flops, "hparams_rule": self.rule,
         }
 
 
@@ -265,20 +266,26 @@ def _label(counts: Counts, param_count: str, budget: float) -> str:
 
 
 def isoflop(cfg) -> list[RunSpec]:
-    """IsoFLOP grid: every ladder model at every budget, D = C / (FLOPs per token)."""
+    """IsoFLOP grid: every ladder model at every budget, D = C / (FLOPs per token); each run's
+    LR, batch and weight decay from the study's rule (`hparams=NAME`, scaleflow/rules.py)."""
+    from scaleflow.rules import Rule
+
     budgets, shapes = _check_budgets(cfg), ladder(cfg)
-    base, t = _plain(cfg), cfg.trainer
+    base, t, rule = _plain(cfg), cfg.trainer, Rule(cfg)
     specs = []
     for budget in budgets:
         for shape in shapes:
             counts = count(model_config(shape))
-            steps = steps_for_flops(budget, counts, t.flop_count, t.batch_size * shape["seq_len"])
+            n = counts.params(t.param_count)
+            lr, batch = rule.at(budget, n, shape["seq_len"])
+            steps = steps_for_flops(budget, counts, t.flop_count, batch * shape["seq_len"])
             if steps < cfg.study.min_steps:
                 continue
-            tokens_per_param = steps * t.batch_size * shape["seq_len"] / counts.params(t.param_count)
-            if cfg.study.max_tokens_per_param is not None and tokens_per_param > cfg.study.max_tokens_per_param:
+            if cfg.study.max_tokens_per_param is not None and steps * batch * shape["seq_len"] / n > cfg.study.max_tokens_per_param:
                 continue
-            specs.append(make_spec(base, shape, steps, budget=budget, label=_label(counts, t.param_count, budget)))
+            run_base = rule.apply(base, lr, batch, rule.weight_decay(lr, steps))
+            specs.append(make_spec(run_base, rule.model(shape), steps, budget=budget,
+                                   label=_label(counts, t.param_count, budget), rule=rule.name))
     _check_nonempty(specs, budgets, cfg)
     return _unique(specs)
 

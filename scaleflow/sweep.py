@@ -36,6 +36,10 @@ def plan_study(cfg, kind: str, from_dir: Optional[Path] = None) -> list[RunSpec]
         if kind != "decay_branches":
             raise ConfigError("--from (new branches of an existing trunk) is for decay-branch studies only")
         return branches.specs_from_trunk(cfg, from_dir)
+    rule = (cfg.get("hparams") or {}).get("name", "fixed")
+    if rule != "fixed" and kind != "isoflop":
+        raise ConfigError(f"hparams={rule} sets each run's LR, batch and weight decay in isoflop studies only; "
+                          f"a {kind} study sets them itself (decay-branch trunks: not yet)")
     specs = PLANNERS[kind](cfg)
     _check_vocab(cfg, specs)
     return specs
@@ -139,6 +143,7 @@ def plan_rows(specs: list[RunSpec], throughput: float) -> list[dict]:
             "run": spec.run_id, "label": spec.label, "kind": spec.kind, "N": spec.params,
             "D": spec.tokens, "D/N": spec.tokens / spec.params, "steps": spec.steps,
             "batch": spec.config["trainer"]["batch_size"], "lr": spec.config["optim"]["lr"],
+            "wd": spec.config["optim"]["weight_decay"], "rule": spec.rule,
             "FLOPs": spec.own_flops, "est_s": spec.own_flops / throughput, "epochs": _epochs(spec, sizes),
         }
         for spec in specs

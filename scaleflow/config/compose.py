@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scaleflow.config.schema import LAUNCHERS, STUDIES, Config
 from scaleflow.config.trackers import TRACKERS, tracker_node
+from scaleflow.config.hparams import HPARAMS
 from scaleflow.config.validate import validate
 from scaleflow.errors import ConfigError
 
@@ -32,6 +33,8 @@ def _register_schema() -> None:
         store.store(group="launcher", name=f"{name}_schema", node=schema)
     for name, schema in TRACKERS.items():  # conf/tracker/NAME.yaml starts from NAME_schema
         store.store(group="tracker", name=f"{name}_schema", node=schema)
+    for name, schema in HPARAMS.items():  # conf/hparams/NAME.yaml starts from NAME_schema
+        store.store(group="hparams", name=f"{name}_schema", node=schema)
     for kind, schema in STUDIES.items():  # a study file's defaults list picks one: `- study: KIND`
         store.store(group="study", name=kind, node=schema)
 

@@ -316,6 +316,7 @@ class Config:
     study: Any = None  # one of STUDIES (typed by it), chosen by `- study: KIND`; None for a lone run
     launcher: Any = None  # one of LAUNCHERS (typed by it), chosen by launcher=NAME
     tracker: Any = None  # one of config.trackers.TRACKERS, chosen by tracker=NAME; not part of the run id
+    hparams: Any = None  # one of config.hparams.HPARAMS, chosen by hparams=NAME: how planners set LR, batch, WD
 
 
 # --------------------------------------------------------------------------- composition
