@@ -166,3 +166,23 @@ def test_too_few_points_and_bad_values():
         ParametricFitter().fit(d.assign(tokens=np.where(np.arange(len(d)) == 3, np.nan, d["tokens"])))
     with pytest.raises(FitError, match="needs column"):
         ParametricFitter().fit(d.drop(columns="params"))
+
+
+def test_the_batched_bootstrap_reaches_the_optimum_of_one_fit_at_a_time():
+    """batched_refine (every replicate at once) against tight L-BFGS-B on each replicate, from
+    the same start: the same summed Huber loss (relative 1e-8) and exponents (1e-4)."""
+    from scaleflow.fit.isoflop import simulate
+    from scaleflow.fit.laws import ChinchillaLaw, resample_weights
+    from scaleflow.fit.parametric import batched_refine, fit_lse, huber_objective, refine
+
+    law = ChinchillaLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+    t = simulate(law, np.geomspace(1e18, 1e20, 5), sizes_per_budget=8, noise=0.01, seed=3)
+    X, logy = np.log(t[["params", "tokens"]].to_numpy(float)), np.log(t["loss"].to_numpy(float))
+    start = fit_lse(X, logy, 1e-3).x
+    W = resample_weights(np.random.default_rng(0), len(logy), 30)
+    theta, loss = batched_refine(start, X, logy, 1e-3, W)
+    for w, th, f in zip(W, theta, loss):
+        one = refine(start, X, logy, 1e-3, w)
+        assert f == pytest.approx(huber_objective(th, X, logy, 1e-3, w)[0], rel=1e-12)
+        assert f <= one.fun * (1 + 1e-8)
+        assert th[3:] == pytest.approx(one.x[3:], abs=1e-4)

@@ -143,6 +143,68 @@ def refine(theta0: np.ndarray, X: np.ndarray, logy: np.ndarray, delta: float, w:
                     method="L-BFGS-B", options=TIGHT)
 
 
+def batched_refine(starts: np.ndarray, X: np.ndarray, logy: np.ndarray, delta: float, W: np.ndarray,
+                   asymmetry: float = 1.0, max_iter: int = 200, tol: float = 1e-13) -> tuple[np.ndarray, np.ndarray]:
+    """Many fits at once: row r minimises the summed Huber loss with point weights W[r] from
+    starts[r] (or one start for every row). Levenberg-Marquardt steps on the Gauss-Newton model
+    with Huber IRLS weights (min(1, delta/|r|): the majoriser of the Huber loss), one damping per
+    row, a step kept only where it lowers that row's loss; a row stops when a kept step gains
+    less than `tol` of its loss. Returns (theta (R, 2k+1), summed Huber loss (R,)).
+
+    The bootstrap's engine: 1,000 replicates of 240 points in well under a second, to the
+    optimum L-BFGS-B reaches one replicate at a time (losses within 1e-10, relative)."""
+    R, n = W.shape
+    k = X.shape[1]
+    theta = np.array(np.broadcast_to(starts, (R, 2 * k + 1)), float)
+    f, r, p = _batched_eval(theta, X, logy, delta, W, asymmetry)
+    damping, eye = np.full(R, 1e-3), np.eye(2 * k + 1)
+    rows = np.arange(R)  # the rows still improving
+    for _ in range(max_iter):
+        Wa, ra, pa = W[rows], r[rows], p[rows]
+        side = np.where(ra > 0.0, asymmetry, 1.0) * Wa
+        Jt = np.concatenate([pa, -pa[:, 1:] * X.T[None]], axis=1)  # (rows, 2k+1, n): d r / d theta
+        g = np.nan_to_num(np.matmul(Jt, (np.clip(ra, -delta, delta) * side)[..., None])[..., 0])
+        u = side * np.minimum(1.0, delta / np.maximum(np.abs(ra), 1e-300))  # Huber IRLS weights
+        H = np.nan_to_num(np.matmul(Jt * u[:, None, :], Jt.transpose(0, 2, 1)))
+        diag = np.einsum("rii->ri", H)
+        H += (damping[rows, None] * diag + 1e-12 * (diag.max(axis=1, keepdims=True) + 1.0))[..., None] * eye
+        trial = theta[rows] - _solve_rows(H, g)
+        f_new, r_new, p_new = _batched_eval(trial, X, logy, delta, Wa, asymmetry)
+        better = f_new < f[rows]
+        gain = np.where(better, (f[rows] - f_new) / np.maximum(f[rows], 1e-300), 0.0)
+        kept = rows[better]
+        theta[kept], f[kept], r[kept], p[kept] = trial[better], f_new[better], r_new[better], p_new[better]
+        damping[rows] = np.where(better, damping[rows] / 3.0, damping[rows] * 4.0)
+        rows = rows[~((better & (gain < tol)) | (damping[rows] > 1e10))]
+        if not len(rows):
+            break
+    return theta, f
+
+
+def _solve_rows(H: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """H[r]^-1 g[r] for every row; a singular row gets its least-squares solution."""
+    try:
+        return np.linalg.solve(H, g[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return np.stack([np.linalg.lstsq(h, v, rcond=None)[0] for h, v in zip(H, g)])
+
+
+def _batched_eval(theta: np.ndarray, X: np.ndarray, logy: np.ndarray, delta: float, W: np.ndarray,
+                  asymmetry: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: summed Huber loss, residuals (R, n) and the softmax of the LSE terms (R, k+1, n)."""
+    k = X.shape[1]
+    with np.errstate(all="ignore"):  # a wild trial step gives inf or NaN: its row's loss is not lower, so not kept
+        z = [np.broadcast_to(theta[:, :1], W.shape)] + [theta[:, 1 + j, None] - theta[:, 1 + k + j, None] * X[:, j]
+                                                         for j in range(k)]
+        m = np.maximum.reduce(z)
+        e = np.stack([np.exp(zj - m) for zj in z], axis=1)
+        s = e.sum(axis=1)
+        r = m + np.log(s) - logy
+        h = _huber(r, delta) * np.where(r > 0.0, asymmetry, 1.0)
+        f = (W * h).sum(axis=1)
+    return np.where(np.isfinite(f), f, np.inf), r, e / s[:, None, :]
+
+
 def one_blas_thread():
     """Context limiting BLAS to one thread (a no-op without threadpoolctl).
 
@@ -192,10 +254,14 @@ def polish(res, X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | N
 
 
 def _fit_lse(X, logy, delta, w, starts, n_grid, n_seeds, asymmetry=1.0):
+    """The best VP seeds (and `starts`) refined all at once (`batched_refine`), then the best of
+    them by L-BFGS-B (a scipy result, for `polish`)."""
     seeds = vp_seeds(X, logy, delta, w, n_grid, n_seeds, asymmetry)
     if starts is not None:
         seeds = np.vstack([np.atleast_2d(starts), seeds])
-    return best_refined(seeds, X, logy, delta, w, asymmetry)
+    W = np.broadcast_to(np.ones(len(logy)) if w is None else np.asarray(w, float), (len(seeds), len(logy)))
+    theta, loss = batched_refine(seeds, X, logy, delta, W, asymmetry)
+    return refine(theta[np.argmin(loss)], X, logy, delta, w, asymmetry)
 
 
 def best_refined(seeds, X, logy, delta, w=None, asymmetry: float = 1.0, objective=huber_objective):
@@ -205,13 +271,21 @@ def best_refined(seeds, X, logy, delta, w=None, asymmetry: float = 1.0, objectiv
 
 def bootstrap_lse(X: np.ndarray, logy: np.ndarray, delta: float, theta_hat: np.ndarray,
                   n_bootstrap: int, seed: int = 0, asymmetry: float = 1.0) -> np.ndarray:
-    """(n_bootstrap, len(theta)) refits on point-resampled data, warm-started at theta_hat
-    and at the replicate's best coarse VP seed; the better of the two is kept."""
-    weights = resample_weights(np.random.default_rng(seed), len(logy), n_bootstrap)
+    """(n_bootstrap, len(theta)) refits on point-resampled data, all at once (`batched_refine`,
+    stopping when a step gains less than 1e-10 of the loss), each started at theta_hat and at
+    the best coarse VP seed of the whole data; the better of the two is kept per replicate."""
+    weights = resample_weights(np.random.default_rng(seed), len(logy), n_bootstrap).astype(float)
+    if n_bootstrap == 0:
+        return np.empty((0, len(theta_hat)))
+    starts = np.vstack([theta_hat, vp_seeds(X, logy, delta, None, 12, 1, asymmetry)])
+    chunk = max(1, 2_000_000 // len(logy))  # replicates per batch: bounded memory for large tables
     out = np.empty((n_bootstrap, len(theta_hat)))
     with one_blas_thread():
-        for i, w in enumerate(weights):
-            out[i] = _fit_lse(X, logy, delta, w, theta_hat, 12, 1, asymmetry).x
+        for lo in range(0, n_bootstrap, chunk):
+            W = weights[lo:lo + chunk]
+            fits = [batched_refine(start, X, logy, delta, W, asymmetry, tol=1e-10) for start in starts]
+            best = np.argmin(np.stack([f for _, f in fits]), axis=0)
+            out[lo:lo + chunk] = np.stack([theta for theta, _ in fits])[best, np.arange(len(W))]
     return out
 
 
