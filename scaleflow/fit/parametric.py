@@ -51,14 +51,32 @@ def huber_objective(theta: np.ndarray, X: np.ndarray, logy: np.ndarray, delta: f
     the fit a lower envelope (`lse_huber`).
     """
     k = X.shape[1]
-    z = np.empty((X.shape[0], k + 1))
-    z[:, 0] = theta[0]
-    z[:, 1:] = theta[1:k + 1] - theta[k + 1:] * X
-    f, gz = lse_huber(z, logy, delta, w, asymmetry)
+    # The terms as separate vectors: numpy reduces a (n, 3) array along its short axis slowly,
+    # and L-BFGS-B calls this a few hundred times per fit.
+    z = [np.full(X.shape[0], theta[0])] + [theta[1 + j] - theta[1 + k + j] * X[:, j] for j in range(k)]
+    m = z[0].copy()
+    for zj in z[1:]:
+        np.maximum(m, zj, out=m)
+    e = [np.exp(zj - m) for zj in z]
+    s = sum(e)
+    r = m + np.log(s) - logy
+    ar = np.abs(r)
+    inside = ar <= delta
+    h = np.where(inside, 0.5 * r * r, delta * (ar - 0.5 * delta))
+    psi = np.where(inside, r, np.copysign(delta, r))
+    if asymmetry != 1.0:
+        side = np.where(r > 0.0, asymmetry, 1.0)
+        h, psi = h * side, psi * side
+    if w is not None:
+        h, psi = h * w, psi * w
+    q = psi / s
     grad = np.empty_like(theta)
-    grad[:k + 1] = gz.sum(axis=0)
-    grad[k + 1:] = -(gz[:, 1:] * X).sum(axis=0)
-    return f, grad
+    grad[0] = q @ e[0]
+    for j in range(k):
+        gj = q * e[1 + j]
+        grad[1 + j] = gj.sum()
+        grad[1 + k + j] = -(gj @ X[:, j])
+    return float(h.sum()), grad
 
 
 def lse_huber(z: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None = None,
@@ -113,20 +131,31 @@ def vp_grid(X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None 
     centre = (w @ X) / w.sum()
     Xc = X - centre
     axis = np.geomspace(0.01, 3.0, n_grid)
-    exps = np.array(list(itertools.product(axis, repeat=k)))  # (G, k)
-    F = np.ones((len(exps), n, k + 1))
-    F[:, :, 1:] = np.exp(-exps[:, None, :] * Xc[None, :, :])
+    idx = np.array(list(itertools.product(range(n_grid), repeat=k)))  # (G, k): each grid point's axis indices
+    exps = axis[idx]
+    # The basis is separable: term j of grid point g is U[j][idx[g, j]], so every entry of the
+    # normal equations is a sum over points of at most two terms: one small matrix product each.
+    U = [np.exp(-axis[:, None] * Xc[None, :, j]) for j in range(k)]  # k x (n_grid, n)
     wy = w / y**2
-    M = np.einsum("gni,gnj,n->gij", F, F, wy) + 1e-12 * np.eye(k + 1)
-    rhs = np.einsum("gni,n->gi", F, wy * y)
+    M = np.empty((len(idx), k + 1, k + 1))
+    rhs = np.empty((len(idx), k + 1))
+    M[:, 0, 0], rhs[:, 0] = wy.sum(), (wy * y).sum()
+    for i in range(k):
+        M[:, 0, i + 1] = M[:, i + 1, 0] = (U[i] @ wy)[idx[:, i]]
+        rhs[:, i + 1] = (U[i] @ (wy * y))[idx[:, i]]
+        for j in range(i, k):
+            cross = (U[i] * wy) @ U[j].T  # (n_grid, n_grid)
+            M[:, i + 1, j + 1] = M[:, j + 1, i + 1] = cross[idx[:, i], idx[:, j]]
+    M += 1e-12 * np.eye(k + 1)
     coef = np.linalg.solve(M, rhs[..., None])[..., 0]
     coef = np.maximum(coef, 1e-9 * y.mean())
+    pred = coef[:, :1] + sum(coef[:, j + 1, None] * U[j][idx[:, j]] for j in range(k))
     with np.errstate(divide="ignore"):
-        r = np.log(np.einsum("gni,gi->gn", F, coef)) - logy
+        r = np.log(pred) - logy
         h = _huber(r, delta)
         if asymmetry != 1.0:
             h = h * np.where(r > 0.0, asymmetry, 1.0)
-        cost = (w * h).sum(axis=1)
+        cost = h @ w
     logc = np.log(coef)
     return np.column_stack([logc[:, 0], logc[:, 1:] + exps * centre, exps]), cost
 
@@ -221,7 +250,7 @@ def one_blas_thread():
 
 
 def fit_lse(X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None = None,
-            starts: np.ndarray | None = None, n_grid: int = 40, n_seeds: int = 4, asymmetry: float = 1.0):
+            starts: np.ndarray | None = None, n_grid: int = 20, n_seeds: int = 2, asymmetry: float = 1.0):
     """Global fit: refine the VP seeds (plus any extra `starts`), polish the best; the scipy
     result gains `converged` (bool) and `convergence` (why not, or "")."""
     with one_blas_thread():
@@ -254,14 +283,10 @@ def polish(res, X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | N
 
 
 def _fit_lse(X, logy, delta, w, starts, n_grid, n_seeds, asymmetry=1.0):
-    """The best VP seeds (and `starts`) refined all at once (`batched_refine`), then the best of
-    them by L-BFGS-B (a scipy result, for `polish`)."""
     seeds = vp_seeds(X, logy, delta, w, n_grid, n_seeds, asymmetry)
     if starts is not None:
         seeds = np.vstack([np.atleast_2d(starts), seeds])
-    W = np.broadcast_to(np.ones(len(logy)) if w is None else np.asarray(w, float), (len(seeds), len(logy)))
-    theta, loss = batched_refine(seeds, X, logy, delta, W, asymmetry)
-    return refine(theta[np.argmin(loss)], X, logy, delta, w, asymmetry)
+    return best_refined(seeds, X, logy, delta, w, asymmetry)
 
 
 def best_refined(seeds, X, logy, delta, w=None, asymmetry: float = 1.0, objective=huber_objective):
