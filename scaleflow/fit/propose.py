@@ -157,7 +157,9 @@ def propose(law: ChinchillaLaw, existing: pd.DataFrame, candidates: pd.DataFrame
             noise: float, quantity: str = "n_opt") -> Proposal:
     """Runs among `candidates` (columns params, tokens, cost in FLOPs) that fit in `compute` FLOPs and
     are expected to shrink the 95% interval of `quantity` at `target` FLOPs the most, given the
-    `existing` runs (params, tokens) that `law` (approach 3, with replicates) was fitted to."""
+    `existing` runs (params, tokens) that `law` (approach 3, with replicates) was fitted to.
+    `noise` (sd of log loss) is the same for every run, so it scales all variances alike and
+    does not change the choice; it is reported with the proposal."""
     if quantity not in TARGETS:
         raise FitError(f"unknown quantity {quantity!r}; choose one of {', '.join(TARGETS)}")
     if law.samples.shape[0] < 20:
