@@ -89,12 +89,14 @@ def plan(cfg, shapes: Optional[list[dict]] = None) -> list[RunSpec]:
     if cfg.command.template is not None:
         raise ConfigError("decay branches fork scaleflow's own checkpoints: a study with command.template "
                           "(an external trainer) cannot be branched; run its budgets as an isoflop study")
-    base = _plain(cfg)
-    t = cfg.trainer
+    from scaleflow.rules import Rule
+
+    t, rule = cfg.trainer, Rule(cfg)
     specs = []
     for shape in shapes or ladder(cfg):
         counts = count(model_config(shape))
-        tokens_per_step = t.batch_size * shape["seq_len"]
+        base, shape = _ruled(cfg, rule, shape, counts)
+        tokens_per_step = base["trainer"]["batch_size"] * shape["seq_len"]
         warmup = _warmup_steps(cfg, tokens_per_step)
         trunk_base = copy.deepcopy(base)
         trunk_base["schedule"].update(name="constant", warmup_steps=warmup, warmup_tokens=0.0)
@@ -110,17 +112,32 @@ def plan(cfg, shapes: Optional[list[dict]] = None) -> list[RunSpec]:
                 # make_spec refuses a branch its worker would refuse (a decay to an LR of 0
                 # for the whole decay, a budget shorter than the warmup plus the decay...),
                 # so its fork step is computed only for a valid branch.
-                branch = make_spec(branch_base, shape, steps, kind="branch", label=label)
+                branch = make_spec(branch_base, shape, steps, kind="branch", label=label, rule=rule.name)
                 branch.fork_step = branch.start_step = schedules.decay_start(steps, variant["decay_fraction"])
                 branches.append(branch)
         trunk_steps = max(b.fork_step for b in branches)
         trunk = make_spec(trunk_base, shape, trunk_steps, kind="trunk",
-                          label=f"trunk N={counts.params(t.param_count):,}")
+                          label=f"trunk N={counts.params(t.param_count):,}", rule=rule.name)
         trunk.fork_steps = sorted({b.fork_step for b in branches})
         for branch in branches:
             branch.parent = trunk.run_id
         specs += [trunk, *branches]
     return specs
+
+
+def _ruled(cfg, rule, shape: dict, counts) -> tuple[dict, dict]:
+    """(plain base config, model section) of one model's trunk and branches under the study's
+    hparams rule. A branch shares its trunk's stable phase, so one LR, batch and weight decay
+    serve them all: the rule's values for the model's LONGEST branch (C = its token budget, before
+    rounding to whole batches, x FLOPs per token; the timescale rule's steps: that branch's)."""
+    t = cfg.trainer
+    if rule.name == "fixed" and rule.h.get("weight_decay_timescale") is None:
+        return _plain(cfg), shape
+    n = counts.params(t.param_count)
+    tokens = max(_budgets_tokens(cfg, n))
+    lr, batch = rule.at(tokens * counts.flops_per_token(t.flop_count), n, shape["seq_len"])
+    steps = int(tokens // (batch * shape["seq_len"]))
+    return rule.apply(_plain(cfg), lr, batch, rule.weight_decay(lr, max(steps, 1))), rule.model(shape)
 
 
 @dataclass

@@ -37,9 +37,9 @@ def plan_study(cfg, kind: str, from_dir: Optional[Path] = None) -> list[RunSpec]
             raise ConfigError("--from (new branches of an existing trunk) is for decay-branch studies only")
         return branches.specs_from_trunk(cfg, from_dir)
     rule = (cfg.get("hparams") or {}).get("name", "fixed")
-    if rule != "fixed" and kind != "isoflop":
-        raise ConfigError(f"hparams={rule} sets each run's LR, batch and weight decay in isoflop studies only; "
-                          f"a {kind} study sets them itself (decay-branch trunks: not yet)")
+    if rule != "fixed" and kind in ("lr_bs", "mup_transfer"):
+        raise ConfigError(f"hparams={rule} sets each run's LR, batch and weight decay in isoflop and decay-branch "
+                          f"studies; a {kind} study sets them itself")
     specs = PLANNERS[kind](cfg)
     _check_vocab(cfg, specs)
     return specs

@@ -73,5 +73,26 @@ def test_the_dry_run_shows_the_rule_and_a_key_of_another_rule_is_an_error():
 def test_a_rule_in_a_study_that_sets_its_own_lr_is_an_error():
     from scaleflow.sweep import plan_study
 
-    with pytest.raises(ConfigError, match="hparams=deepseek sets each run's LR, batch and weight decay in isoflop studies only"):
+    with pytest.raises(ConfigError, match="a lr_bs study sets them itself"):
         plan_study(compose_study("lr_bs_cpu", ["hparams=deepseek"]), "lr_bs")
+
+
+def test_a_trunk_and_its_branches_share_the_rules_values_for_the_longest_branch():
+    from scaleflow.branches import plan
+    from scaleflow.rules import olmo
+
+    fixed = plan(compose_study("decay_branches_cpu"))
+    specs = plan(compose_study("decay_branches_cpu", ["hparams=deepseek", "hparams.batch=false",
+                                                      "hparams.weight_decay_timescale=0.5"]))
+    assert [s.kind for s in specs] == [s.kind for s in fixed] and {s.rule for s in specs} == {"deepseek"}
+    trunks = [s for s in specs if s.kind == "trunk"]
+    assert len({t.config["optim"]["lr"] for t in trunks}) == len(trunks)  # each model its own LR
+    for trunk in trunks:
+        family = [s for s in specs if s.parent == trunk.run_id]
+        longest = max(family, key=lambda s: s.tokens)
+        lr = trunk.config["optim"]["lr"]
+        assert lr == pytest.approx(deepseek(longest.flops, longest.params)[0], rel=1e-3)  # budget before rounding
+        assert lr * trunk.config["optim"]["weight_decay"] * 0.5 * longest.steps == pytest.approx(1.0)
+        assert all(s.config["optim"] == trunk.config["optim"] for s in family)  # one stable phase
+    by_n = plan(compose_study("decay_branches_cpu", ["hparams=olmo", "hparams.batch=false"]))
+    assert all(s.config["optim"]["lr"] == pytest.approx(olmo(0, s.params)[0]) for s in by_n)
