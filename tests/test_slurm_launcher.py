@@ -233,6 +233,31 @@ def test_decay_branches_on_slurm_match_the_local_study(tmp_path):
             assert metrics_without_timing(slurm_dir / spec.run_id) == metrics_without_timing(local_dir / spec.run_id)
 
 
+def test_a_rank_that_fails_ends_its_job_instead_of_leaving_the_others_waiting(tmp_path, monkeypatch):
+    """Rank 0 of a two-task run cannot listen on its rendezvous port (the test holds it): the
+    job ends failed at once (srun --kill-on-bad-exit), rank 1 does not wait for it until the
+    time limit. The port scaleflow picks itself lies below the kernel's ephemeral ports."""
+    import socket
+
+    from scaleflow.launch.slurm import rendezvous_port
+
+    assert all(20000 <= rendezvous_port(j) < 32000 for j in (1, 181, 11999, 12000, 10**7))
+    held = socket.socket()
+    held.bind(("", 0))
+    held.listen()
+    monkeypatch.setenv("MASTER_PORT", str(held.getsockname()[1]))  # sbatch exports it to the job
+    study = _study(tmp_path, "4e9")
+    study_dir = tmp_path / "two"
+    sweep(compose_study(str(study), [f"study_dir={study_dir}", *SLURM, "trainer.world_size=2",
+                                     "launcher.tasks_per_node=2", "study.shapes=[{n_layer: 1, d_model: 16, n_head: 2}]"]),
+          "isoflop")
+    try:
+        wait_until(lambda: _all_finished(study_dir), 300, "the two-task job to end")
+    finally:
+        held.close()
+    assert [s.state for s in study_states(study_dir, queue_states())] == ["failed"]
+
+
 def test_a_two_task_run_matches_the_one_task_run(tmp_path):
     study = _study(tmp_path, "4e9")
     common = ["study.shapes=[{n_layer: 1, d_model: 16, n_head: 2}]", "trainer.eval_every=20"]

@@ -40,7 +40,10 @@ class TrainJob:
         if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # data parallel: one task per rank
             import submitit
 
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            env = submitit.helpers.TorchDistributedEnvironment()  # reads a MASTER_PORT given by the user
+            if "MASTER_PORT" not in os.environ:
+                env.master_port = rendezvous_port(int(os.environ["SLURM_JOB_ID"]))
+            env.export(set_cuda_visible_devices=False, overwrite=True)
         flag = StopFlag()
         with stop_on_signals(flag):
             summary = execute_run(Path(self.run_dir), self.threads, self.until, flag)
@@ -51,6 +54,14 @@ class TrainJob:
             # Leave without a result: submitit would otherwise record the job as finished.
             raise SystemExit(0)
         return summary["status"]
+
+
+def rendezvous_port(job_id: int) -> int:
+    """The TCP port rank 0 listens on for a multi-task job: from the job id (every task agrees
+    on it without talking), in 20000-31999, below Linux's ephemeral ports (32768-60999).
+    submitit's own choice spans 20000-60000, so it could fall on a port the kernel had handed
+    to some connection: rank 0 then failed with EADDRINUSE."""
+    return 20000 + job_id % 12000
 
 
 def _requeue_self() -> None:
@@ -91,6 +102,9 @@ class SlurmLauncher:
             cpus_per_task=int(c.cpus_per_task), slurm_array_parallelism=int(c.array_parallelism),
             slurm_signal_delay_s=int(c.signal_delay_s), name="scaleflow",
             slurm_setup=[str(line) for line in c.setup],
+            # A task that fails ends the job: the other ranks would otherwise wait for it (in the
+            # rendezvous or a collective) until the time limit.
+            slurm_srun_args=["--kill-on-bad-exit=1"],
             slurm_additional_parameters={**additional, **{str(k): v for k, v in dict(c.extra).items()}},
         )
         if c.gpus_per_node:
