@@ -19,6 +19,7 @@ CHINCHILLA_CSV = Path(__file__).parent / "fixtures/chinchilla/svg_extracted_data
 TRUE_LAW_PARAMS = dict(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook, which reads the groups when the worker collects
 def pytest_collection_modifyitems(items) -> None:
     """Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`): a module's tests
     run on one worker, so that its module-scoped fixtures are computed once; every SLURM test
