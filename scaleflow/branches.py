@@ -135,7 +135,7 @@ def _ruled(cfg, rule, shape: dict, counts) -> tuple[dict, dict]:
         return _plain(cfg), shape
     n = counts.params(t.param_count)
     tokens = max(_budgets_tokens(cfg, n))
-    lr, batch = rule.at(tokens * counts.flops_per_token(t.flop_count), n, shape["seq_len"])
+    lr, batch = rule.at(tokens * counts.flops_per_token(t.flop_count), n, tokens, shape["seq_len"])
     steps = int(tokens // (batch * shape["seq_len"]))
     return rule.apply(_plain(cfg), lr, batch, rule.weight_decay(lr, max(steps, 1))), rule.model(shape)
 

@@ -277,7 +277,7 @@ def isoflop(cfg) -> list[RunSpec]:
         for shape in shapes:
             counts = count(model_config(shape))
             n = counts.params(t.param_count)
-            lr, batch = rule.at(budget, n, shape["seq_len"])
+            lr, batch = rule.at(budget, n, budget / counts.flops_per_token(t.flop_count), shape["seq_len"])
             steps = steps_for_flops(budget, counts, t.flop_count, batch * shape["seq_len"])
             if steps < cfg.study.min_steps:
                 continue

@@ -7,7 +7,7 @@ optimum; one LR for models from 5k to 360k parameters and runs from 45 to 13,000
 | rule | LR | batch | source |
 |---|---|---|---|
 | fixed | optim.lr | trainer.batch_size | - |
-| lr_bs_fit | eta_opt(C) of a saved lr-bs fit | B_opt(C) | the study's own LR x batch grid |
+| lr_bs_fit | eta_opt(C) of a saved lr-bs fit (form nd: eta_opt(N, D) of lr-bs-nd) | B_opt | the study's own LR x batch grid |
 | deepseek | 0.3118 C^-0.125 | 0.2920 C^0.3271 tokens | DeepSeek LLM (2024), fitted at 1e17-2e19 FLOPs |
 | olmo | 0.0047 (N/108M)^(-1/3) | 160 (N/108M)^(2/3) x 2048 tokens | the OLMo model ladder (Bhagia et al. 2024) |
 | mup | the LR tuned at a base width | trainer.batch_size | muP transfer (Yang et al. 2022) |
@@ -39,27 +39,35 @@ class RunHparams:
     rule: str
 
 
-def deepseek(C: float, N: float) -> tuple[float, float]:
+def deepseek(C: float, N: float, D: Optional[float] = None) -> tuple[float, float]:
     """(LR, batch in tokens) of DeepSeek LLM's fits, C in FLOPs."""
     return 0.3118 * C**-0.125, 0.2920 * C**0.3271
 
 
-def olmo(C: float, N: float) -> tuple[float, float]:
+def olmo(C: float, N: float, D: Optional[float] = None) -> tuple[float, float]:
     """(LR, batch in tokens) of the OLMo ladder's rule, N in parameters."""
     return 0.0047 * (N / OLMO_N0) ** (-1 / 3), 160 * 2048 * (N / OLMO_N0) ** (2 / 3)
 
 
-def from_fit(path: str) -> tuple[Callable[[float, float], tuple[float, float]], bool]:
-    """The (LR, batch) rule of a saved `scaleflow fit --law lr-bs` fit, and whether its batch is
-    in sequences (else tokens)."""
+def from_fit(path: str, form: str = "compute") -> tuple[Callable[..., tuple[float, float]], bool]:
+    """The (LR, batch) rule of a saved fit, and whether its batch is in sequences (else tokens):
+    form "compute", eta_opt(C) and B_opt(C) of `--law lr-bs`; form "nd", eta_opt(N, D) and
+    B_opt(N, D) of `--law lr-bs-nd` (N in parameters, D in tokens)."""
+    if form not in ("compute", "nd"):
+        raise ConfigError(f"hparams.form is compute or nd; got {form!r}")
+    key, law = ("lr_bs", "lr-bs") if form == "compute" else ("lr_bs_nd", "lr-bs-nd")
     try:
-        d = json.loads(Path(path).expanduser().read_text())
-        lr, batch, unit = d["lr_bs"]["lr"], d["lr_bs"]["batch"], d["lr_bs"]["batch_unit"]
-        k_lr, e_lr, k_b, e_b = (float(x) for x in (lr["k"], lr["exponent"], batch["k"], batch["exponent"]))
+        d = json.loads(Path(path).expanduser().read_text())[key]
+        lr, batch, unit = d["lr"], d["batch"], d["batch_unit"]
+        if form == "compute":
+            k_lr, e_lr, k_b, e_b = (float(x) for x in (lr["k"], lr["exponent"], batch["k"], batch["exponent"]))
+            return (lambda C, N, D=None: (k_lr * C**e_lr, k_b * C**e_b)), unit != "batch_tokens"
+        c1, a1, b1 = (float(lr[p]) for p in "cab")
+        c2, a2, b2 = (float(batch[p]) for p in "cab")
     except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError(f"hparams.path={path!r} is not a saved lr-bs fit: give the fit.json of "
-                          "`scaleflow fit STUDY --law lr-bs --out DIR`") from None
-    return (lambda C, N: (k_lr * C**e_lr, k_b * C**e_b)), unit != "batch_tokens"
+        raise ConfigError(f"hparams.path={path!r} is not a saved {law} fit: give the fit.json of "
+                          f"`scaleflow fit STUDY --law {law} --out DIR`") from None
+    return (lambda C, N, D: (c1 * N**a1 * D**b1, c2 * N**a2 * D**b2)), unit != "batch_tokens"
 
 
 def _batch_sequences(tokens: float, seq_len: int, multiple: int) -> int:
@@ -69,28 +77,28 @@ def _batch_sequences(tokens: float, seq_len: int, multiple: int) -> int:
 
 
 class Rule:
-    """The study's rule, ready to apply: `Rule(cfg).at(C, N, seq_len)` -> (lr, batch_size or None),
+    """The study's rule, ready to apply: `Rule(cfg).at(C, N, D, seq_len)` -> (lr, batch_size),
     then `.weight_decay(lr, steps)`, and `.model(shape)` for rules that change the model."""
 
     def __init__(self, cfg):
         h = cfg.get("hparams") or {"name": "fixed"}
         self.name = h["name"]
         self.cfg, self.h = cfg, h
-        self.lr_batch: Optional[Callable[[float, float], tuple[float, float]]] = {
+        self.lr_batch: Optional[Callable[..., tuple[float, float]]] = {
             "deepseek": deepseek, "olmo": olmo}.get(self.name)
         self.batch_in_sequences = False
         if self.name == "lr_bs_fit":
-            self.lr_batch, self.batch_in_sequences = from_fit(h["path"])
+            self.lr_batch, self.batch_in_sequences = from_fit(h["path"], h.get("form", "compute"))
         self.use_batch = bool(h.get("batch", False))
 
-    def at(self, C: float, N: float, seq_len: int) -> tuple[float, int]:
-        """(peak LR, batch in sequences) for a run of C FLOPs and N parameters."""
+    def at(self, C: float, N: float, D: float, seq_len: int) -> tuple[float, int]:
+        """(peak LR, batch in sequences) for a run of C FLOPs, N parameters and D tokens."""
         t = self.cfg.trainer
         if self.name == "mup":
             return float(self.h["lr"]), int(t.batch_size)
         if self.lr_batch is None:
             return float(self.cfg.optim.lr), int(t.batch_size)
-        lr, batch = self.lr_batch(C, N)
+        lr, batch = self.lr_batch(C, N, D)
         if not self.use_batch:
             return float(lr), int(t.batch_size)
         tokens = batch * seq_len if self.batch_in_sequences else batch

@@ -96,3 +96,19 @@ def test_a_trunk_and_its_branches_share_the_rules_values_for_the_longest_branch(
         assert all(s.config["optim"] == trunk.config["optim"] for s in family)  # one stable phase
     by_n = plan(compose_study("decay_branches_cpu", ["hparams=olmo", "hparams.batch=false"]))
     assert all(s.config["optim"]["lr"] == pytest.approx(olmo(0, s.params)[0]) for s in by_n)
+
+
+def test_an_lr_bs_nd_fit_sets_the_lr_by_model_size_and_tokens(tmp_path):
+    fit = {"lr_bs_nd": {"lr": {"c": 800.0, "a": -1.1, "b": 0.05}, "batch": {"c": 256.0, "a": 0.0, "b": 0.0},
+                        "batch_unit": "batch_tokens"}}
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps(fit))
+    specs = isoflop(compose_study("isoflop_cpu", ["hparams=lr_bs_fit", f"hparams.path={path}", "hparams.form=nd"]))
+    for s in specs:
+        D = s.budget / (s.flops / s.tokens)  # the budget's tokens, before rounding to whole batches
+        assert s.config["optim"]["lr"] == pytest.approx(800.0 * s.params**-1.1 * D**0.05, rel=1e-6)
+        assert s.config["trainer"]["batch_size"] == 4  # 256 tokens in sequences of 64
+    lrs = {s.params: s.config["optim"]["lr"] for s in specs if s.budget == specs[0].budget}
+    assert lrs[min(lrs)] > 10 * lrs[max(lrs)]  # the LR follows the model at one budget
+    with pytest.raises(ConfigError, match="is not a saved lr-bs fit"):  # an nd fit read as a C-only one
+        isoflop(compose_study("isoflop_cpu", ["hparams=lr_bs_fit", f"hparams.path={path}"]))

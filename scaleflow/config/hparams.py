@@ -25,10 +25,12 @@ class FixedHparams:
 @dataclass
 class LrBsFitHparams(FixedHparams):
     """hparams=lr_bs_fit: eta_opt(C) and B_opt(C) of a saved `scaleflow fit --law lr-bs` fit, so
-    an LR x batch-size study feeds the IsoFLOP study (as DeepSeek LLM did)."""
+    an LR x batch-size study feeds the IsoFLOP study (as DeepSeek LLM did); with form=nd,
+    eta_opt(N, D) and B_opt(N, D) of a `--law lr-bs-nd` fit (Step Law's form)."""
 
     name: str = "lr_bs_fit"
-    path: str = ""  # the fit.json of `scaleflow fit STUDY --law lr-bs --out DIR`
+    path: str = ""  # the fit.json of `scaleflow fit STUDY --law lr-bs --out DIR` (or lr-bs-nd)
+    form: str = "compute"  # compute: eta_opt(C), B_opt(C) (lr-bs); nd: eta_opt(N, D), B_opt(N, D) (lr-bs-nd)
     batch: bool = True  # also take the batch size from B_opt(C); false = trainer.batch_size
 
 
