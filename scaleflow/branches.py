@@ -131,13 +131,11 @@ def _ruled(cfg, rule, shape: dict, counts) -> tuple[dict, dict]:
     serve them all: the rule's values for the model's LONGEST branch (C = its token budget, before
     rounding to whole batches, x FLOPs per token; the timescale rule's steps: that branch's)."""
     t = cfg.trainer
-    if rule.name == "fixed" and rule.h.get("weight_decay_timescale") is None:
-        return _plain(cfg), shape
     n = counts.params(t.param_count)
     tokens = max(_budgets_tokens(cfg, n))
-    lr, batch = rule.at(tokens * counts.flops_per_token(t.flop_count), n, tokens, shape["seq_len"])
-    steps = int(tokens // (batch * shape["seq_len"]))
-    return rule.apply(_plain(cfg), lr, batch, rule.weight_decay(lr, max(steps, 1))), rule.model(shape)
+    config, model, _ = rule.run(_plain(cfg), shape, tokens * counts.flops_per_token(t.flop_count), n, tokens,
+                                lambda batch: int(tokens // (batch * shape["seq_len"])))
+    return config, model
 
 
 @dataclass

@@ -276,16 +276,16 @@ def isoflop(cfg) -> list[RunSpec]:
     for budget in budgets:
         for shape in shapes:
             counts = count(model_config(shape))
-            n = counts.params(t.param_count)
-            lr, batch = rule.at(budget, n, budget / counts.flops_per_token(t.flop_count), shape["seq_len"])
-            steps = steps_for_flops(budget, counts, t.flop_count, batch * shape["seq_len"])
+            n, seq = counts.params(t.param_count), shape["seq_len"]
+            config, model, steps = rule.run(base, shape, budget, n, budget / counts.flops_per_token(t.flop_count),
+                                            lambda batch: steps_for_flops(budget, counts, t.flop_count, batch * seq))
             if steps < cfg.study.min_steps:
                 continue
-            if cfg.study.max_tokens_per_param is not None and steps * batch * shape["seq_len"] / n > cfg.study.max_tokens_per_param:
+            tokens = steps * config["trainer"]["batch_size"] * seq
+            if cfg.study.max_tokens_per_param is not None and tokens / n > cfg.study.max_tokens_per_param:
                 continue
-            run_base = rule.apply(base, lr, batch, rule.weight_decay(lr, steps))
-            specs.append(make_spec(run_base, rule.model(shape), steps, budget=budget,
-                                   label=_label(counts, t.param_count, budget), rule=rule.name))
+            specs.append(make_spec(config, model, steps, budget=budget, label=_label(counts, t.param_count, budget),
+                                   rule=rule.name))
     _check_nonempty(specs, budgets, cfg)
     return _unique(specs)
 

@@ -77,8 +77,9 @@ def _batch_sequences(tokens: float, seq_len: int, multiple: int) -> int:
 
 
 class Rule:
-    """The study's rule, ready to apply: `Rule(cfg).at(C, N, D, seq_len)` -> (lr, batch_size),
-    then `.weight_decay(lr, steps)`, and `.model(shape)` for rules that change the model."""
+    """The study's rule, ready to apply: `Rule(cfg).run(base, shape, C, N, D, steps)` -> a run's
+    config, model section and steps; its parts: `.at(C, N, D, seq_len)` -> (lr, batch_size),
+    `.weight_decay(lr, steps)`, `.model(shape)` (for rules that change the model), `.apply`."""
 
     def __init__(self, cfg):
         h = cfg.get("hparams") or {"name": "fixed"}
@@ -118,6 +119,15 @@ class Rule:
             return shape
         mup = {**shape.get("mup", {}), "base_width": int(self.h["base_width"])}
         return {**shape, "parametrization": "mup", "mup": mup}
+
+    def run(self, base: dict, shape: dict, C: float, N: float, D: float,
+            steps: Callable[[int], int]) -> tuple[dict, dict, int]:
+        """(config, model section, optimizer steps) of a run of C FLOPs, N parameters and D tokens
+        under the rule, from the plain config `base` and model `shape`; `steps(batch_size)` is
+        the run's length at a batch of that many sequences (the planner's rounding)."""
+        lr, batch = self.at(C, N, D, shape["seq_len"])
+        n = steps(batch)
+        return self.apply(base, lr, batch, self.weight_decay(lr, max(n, 1))), self.model(shape), n
 
     def apply(self, base: dict, lr: float, batch_size: int, weight_decay: float) -> dict:
         """A copy of the plain config `base` with the run's LR, batch and weight decay."""

@@ -57,8 +57,8 @@ def design(X: np.ndarray, group: np.ndarray, shared_e: bool) -> np.ndarray:
 def joint_objective(theta, T, logy, delta, w=None, asymmetry=1.0):
     """Summed Huber loss of the joint model and its gradient (`refine`'s objective signature)."""
     flat = T.reshape(-1, T.shape[2])
-    f, gz = lse_huber((flat @ theta).reshape(T.shape[:2]), logy, delta, w, asymmetry)
-    return f, gz.reshape(-1) @ flat
+    f, gz = lse_huber(list((flat @ theta).reshape(T.shape[:2]).T), logy, delta, w, asymmetry)
+    return f, np.column_stack(gz).reshape(-1) @ flat
 
 
 def recentre(theta: np.ndarray, centre: np.ndarray, shared_e: bool, sign: float = 1.0) -> np.ndarray:

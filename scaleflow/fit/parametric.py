@@ -51,46 +51,33 @@ def huber_objective(theta: np.ndarray, X: np.ndarray, logy: np.ndarray, delta: f
     the fit a lower envelope (`lse_huber`).
     """
     k = X.shape[1]
-    # The terms as separate vectors: numpy reduces a (n, 3) array along its short axis slowly,
-    # and L-BFGS-B calls this a few hundred times per fit.
     z = [np.full(X.shape[0], theta[0])] + [theta[1 + j] - theta[1 + k + j] * X[:, j] for j in range(k)]
+    f, gz = lse_huber(z, logy, delta, w, asymmetry)
+    grad = np.empty_like(theta)
+    grad[0] = gz[0].sum()
+    for j in range(k):
+        grad[1 + j] = gz[1 + j].sum()
+        grad[1 + k + j] = -(gz[1 + j] @ X[:, j])
+    return f, grad
+
+
+def lse_huber(z: list[np.ndarray], logy: np.ndarray, delta: float, w: np.ndarray | None = None,
+              asymmetry: float = 1.0) -> tuple[float, list[np.ndarray]]:
+    """Summed Huber loss of log L_pred = LSE(z_1, z_2, ...) against logy, and its gradient in
+    each z_j.
+
+    The engine of every LSE-form fit (approach 3, the power law, the compute multiplier): z
+    holds one (n,) vector per additive term of the predicted loss, the log of that term at
+    each point (one vector per term, not an (n, terms) array: numpy reduces along a short last
+    axis slowly, and L-BFGS-B calls this a few hundred times per fit). Points whose residual
+    r = log L_pred - log L_obs is positive (the model lies ABOVE the observed loss) have their
+    Huber loss multiplied by `asymmetry`; 1 is the symmetric Huber loss.
+    """
     m = z[0].copy()
     for zj in z[1:]:
         np.maximum(m, zj, out=m)
     e = [np.exp(zj - m) for zj in z]
     s = sum(e)
-    r = m + np.log(s) - logy
-    ar = np.abs(r)
-    inside = ar <= delta
-    h = np.where(inside, 0.5 * r * r, delta * (ar - 0.5 * delta))
-    psi = np.where(inside, r, np.copysign(delta, r))
-    if asymmetry != 1.0:
-        side = np.where(r > 0.0, asymmetry, 1.0)
-        h, psi = h * side, psi * side
-    if w is not None:
-        h, psi = h * w, psi * w
-    q = psi / s
-    grad = np.empty_like(theta)
-    grad[0] = q @ e[0]
-    for j in range(k):
-        gj = q * e[1 + j]
-        grad[1 + j] = gj.sum()
-        grad[1 + k + j] = -(gj @ X[:, j])
-    return float(h.sum()), grad
-
-
-def lse_huber(z: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None = None,
-              asymmetry: float = 1.0) -> tuple[float, np.ndarray]:
-    """Summed Huber loss of log L_pred = LSE(z[i, :]) against logy, and its gradient in z.
-
-    The engine of every LSE-form fit (approach 3, the power law, the compute multiplier):
-    z (n, terms) holds the log of each additive term of each point's predicted loss. Points
-    whose residual r = log L_pred - log L_obs is positive (the model lies ABOVE the observed
-    loss) have their Huber loss multiplied by `asymmetry`; 1 is the symmetric Huber loss.
-    """
-    m = z.max(axis=1)
-    ez = np.exp(z - m[:, None])
-    s = ez.sum(axis=1)
     r = m + np.log(s) - logy
     h = _huber(r, delta)
     psi = np.clip(r, -delta, delta)
@@ -99,7 +86,8 @@ def lse_huber(z: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | Non
         h, psi = h * side, psi * side
     if w is not None:
         h, psi = h * w, psi * w
-    return float(h.sum()), (psi / s)[:, None] * ez  # d f / d z
+    q = psi / s
+    return float(h.sum()), [q * ej for ej in e]  # d f / d z_j
 
 
 def _huber(r: np.ndarray, delta: float) -> np.ndarray:

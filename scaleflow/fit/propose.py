@@ -28,8 +28,8 @@ import pandas as pd
 from scaleflow.errors import FitError
 from scaleflow.fit.laws import ChinchillaLaw, jsonable, percentile_interval
 
-#: The least noise (sd of log loss) a run is assumed to have: seed-to-seed variation of real runs
-#: is at least this, and a perfect fit's zero residuals would make every run look decisive.
+#: The least noise (sd of log loss) a proposal reports: seed-to-seed variation of real runs is at
+#: least this (a perfect fit's residuals read zero). The choice of runs does not depend on it.
 NOISE_FLOOR = 1e-3
 
 
@@ -173,15 +173,16 @@ def propose(law: ChinchillaLaw, existing: pd.DataFrame, candidates: pd.DataFrame
     affordable = np.flatnonzero(cost <= compute)
     single = min(affordable, key=lambda j: design.criterion(design.info([int(j)])))
     chosen, value = min(by_rate, design.greedy(cost, compute, [int(single)]), key=lambda r: r[1])
-    ratio = value / design.criterion(design.info([]))
+    before = design.criterion(design.info([]))
+    ratio = value / before
     log = TARGETS[quantity][1]
     q = replicate_answers(law, target, quantity)
     q = q[np.isfinite(q)]
     centre = np.median(q)
-    gains, prev = [], design.criterion(design.info([]))
+    gains, prev = [], before
     for i in range(len(chosen)):
         v = design.criterion(design.info(chosen[:i + 1]))
-        gains.append((prev - v) / design.criterion(design.info([])))
+        gains.append((prev - v) / before)
         prev = v
     runs = candidates.iloc[chosen].reset_index(drop=True).assign(gain=gains)
     return Proposal(float(target), quantity, runs, float(cost[chosen].sum()), interval_of(q, log),

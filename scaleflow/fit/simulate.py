@@ -22,6 +22,7 @@ import pandas as pd
 from scaleflow.errors import FitError
 from scaleflow.fit.defaults import HUBER_DELTA
 from scaleflow.fit.laws import ChinchillaLaw, jsonable
+from scaleflow.fit.prepare import flop_definition
 from scaleflow.fit.types import allocation
 
 #: The answers compared at the target budget: a (the N_opt exponent), N_opt, D_opt, best loss.
@@ -59,11 +60,6 @@ def residual_noise(law: ChinchillaLaw, table: pd.DataFrame) -> float:
     passes exactly through about 5 runs)."""
     r = np.log(table["loss"].to_numpy(float)) - np.log(law.predict(table["params"], table["tokens"]))
     return float(np.sqrt(np.sum(r**2) / max(len(r) - 5, 1)))
-
-
-def flops_per_param_token(design: pd.DataFrame) -> float:
-    """k of C = k N D for the design's own FLOP count (6 for the plain 6ND count)."""
-    return float(np.median(design["flops"] / (design["params"] * design["tokens"])))
 
 
 def draw(law: ChinchillaLaw, design: pd.DataFrame, noise: float, rng: np.random.Generator) -> pd.DataFrame:
@@ -122,7 +118,7 @@ def simulate_design(design: pd.DataFrame, law: ChinchillaLaw, noise: float, targ
 
     if target <= 0 or noise < 0 or n_sim < 2:
         raise FitError(f"need a positive target, a noise >= 0 and 2 or more draws; got {target}, {noise}, {n_sim}")
-    k = flops_per_param_token(design)
+    k = flop_definition(design, [])["flops_per_param_token"]  # C = k N D, as the real fit converts
     law = ChinchillaLaw(**law.params, k=k)
     truth = answers(law, target)
     rng = np.random.default_rng(seed)
