@@ -15,11 +15,14 @@ install:
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
 
-# The main job: the isoflop_cpu study (24 runs, a few minutes on 2 cores), then its fit.
+# The main job: the isoflop_branches_cpu study (an IsoFLOP grid of 11 budgets bought with decay
+# branches, about 3 minutes on 2 cores), then its fit. Huber delta 0.03: about 1.345 times the
+# runs' scatter around the law (2.2% in log loss), Huber's 95%-efficiency constant (README).
 demo: install
-	$(BIN)/scaleflow sweep isoflop isoflop_cpu
-	$(BIN)/scaleflow fit runs/isoflop_cpu --out runs/isoflop_cpu/fit --predict 1e12,1e13 --bootstrap 200
-	@echo "report: runs/isoflop_cpu/fit/report.md and report.html"
+	$(BIN)/scaleflow decay-branches isoflop_branches_cpu
+	$(BIN)/scaleflow fit runs/isoflop_branches_cpu --out runs/isoflop_branches_cpu/fit --predict 1e12,1e13 \
+		--bootstrap 200 --huber-delta 0.03
+	@echo "report: runs/isoflop_branches_cpu/fit/report.md and report.html"
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

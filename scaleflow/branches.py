@@ -38,13 +38,21 @@ def _warmup_steps(cfg, tokens_per_step: int) -> int:
                       "set schedule.warmup_steps or schedule.warmup_tokens")
 
 
-def _budgets_tokens(cfg, params: int) -> list[float]:
-    """The study's branch budgets in tokens for a model of `params` parameters."""
+def _budgets_tokens(cfg, counts) -> list[tuple[float, Optional[float]]]:
+    """The study's branch budgets for one model, as (tokens, IsoFLOP budget in FLOPs or None),
+    shortest first. A FLOP budget the model cannot serve (fewer than study.min_steps steps of
+    the trunk's batch, or more than study.max_tokens_per_param tokens per parameter) is left out."""
     s = cfg.study
-    given = [bool(s.branch_tokens), bool(s.branch_tokens_per_param), bool(s.branch_grid)]
+    params = counts.params(cfg.trainer.param_count)
+    given = [bool(s.branch_tokens), bool(s.branch_tokens_per_param), bool(s.branch_grid), bool(s.branch_flops)]
     if sum(given) != 1:
-        raise ConfigError("give the branch budgets one way: study.branch_tokens, study.branch_grid "
-                          "or study.branch_tokens_per_param")
+        raise ConfigError("give the branch budgets one way: study.branch_tokens, study.branch_grid, "
+                          "study.branch_tokens_per_param or study.branch_flops")
+    if s.branch_flops:
+        if min(float(c) for c in s.branch_flops) <= 0:
+            raise ConfigError("study.branch_flops must be positive FLOP counts")
+        return sorted({(float(c) / counts.flops_per_token(cfg.trainer.flop_count), float(c))
+                       for c in s.branch_flops})
     if s.branch_tokens:
         budgets = [float(t) for t in s.branch_tokens]
     elif s.branch_tokens_per_param:
@@ -60,7 +68,20 @@ def _budgets_tokens(cfg, params: int) -> list[float]:
         budgets = list((np.linspace if kind == "linear" else np.geomspace)(low, high, n))
     if min(budgets) <= 0:
         raise ConfigError("branch budgets must be positive token counts")
-    return sorted(set(budgets))
+    return [(tokens, None) for tokens in sorted(set(budgets))]
+
+
+def _servable(cfg, budgets: list[tuple[float, Optional[float]]], params: int, tokens_per_step: int):
+    """The FLOP budgets (branch_flops) a model serves: at least study.min_steps steps, at most
+    study.max_tokens_per_param tokens per parameter; budgets in tokens are all kept (the
+    planner refuses one too short for its warmup and decay, by name)."""
+    s, kept = cfg.study, []
+    for tokens, flops in budgets:
+        steps = int(tokens // tokens_per_step)
+        too_long = s.max_tokens_per_param is not None and steps * tokens_per_step / params > s.max_tokens_per_param
+        if flops is None or (steps >= s.min_steps and not too_long):
+            kept.append((tokens, flops))
+    return kept
 
 
 def _variants(cfg) -> list[dict]:
@@ -95,7 +116,14 @@ def plan(cfg, shapes: Optional[list[dict]] = None) -> list[RunSpec]:
     specs = []
     for shape in shapes or ladder(cfg):
         counts = count(model_config(shape))
-        base, shape = _ruled(cfg, rule, shape, counts)
+        n, wanted = counts.params(t.param_count), _budgets_tokens(cfg, counts)
+        base, model = _ruled(cfg, rule, shape, counts, wanted[-1][0])
+        budgets = _servable(cfg, wanted, n, base["trainer"]["batch_size"] * model["seq_len"])
+        if not budgets:
+            continue
+        if budgets[-1] != wanted[-1]:  # the rule's values for the longest branch this model serves
+            base, model = _ruled(cfg, rule, shape, counts, budgets[-1][0])
+        shape = model
         tokens_per_step = base["trainer"]["batch_size"] * shape["seq_len"]
         warmup = _warmup_steps(cfg, tokens_per_step)
         trunk_base = copy.deepcopy(base)
@@ -103,36 +131,38 @@ def plan(cfg, shapes: Optional[list[dict]] = None) -> list[RunSpec]:
         trunk_base["trainer"]["extendable"] = True
         branches = []
         for variant in _variants(cfg):
-            for tokens in _budgets_tokens(cfg, counts.params(t.param_count)):
+            for tokens, flops in budgets:
                 steps = int(tokens // tokens_per_step)
                 branch_base = copy.deepcopy(base)
                 branch_base["schedule"].update(name="wsd", warmup_steps=warmup, warmup_tokens=0.0, **variant)
-                label = (f"N={counts.params(t.param_count):,} D={steps * tokens_per_step:.3g} "
+                label = (f"{f'C={flops:.3g} ' if flops else ''}N={n:,} D={steps * tokens_per_step:.3g} "
                          f"{variant['decay_shape']} f={variant['decay_fraction']}")
                 # make_spec refuses a branch its worker would refuse (a decay to an LR of 0
                 # for the whole decay, a budget shorter than the warmup plus the decay...),
                 # so its fork step is computed only for a valid branch.
-                branch = make_spec(branch_base, shape, steps, kind="branch", label=label, rule=rule.name)
+                branch = make_spec(branch_base, shape, steps, kind="branch", label=label, rule=rule.name, budget=flops)
                 branch.fork_step = branch.start_step = schedules.decay_start(steps, variant["decay_fraction"])
                 branches.append(branch)
         trunk_steps = max(b.fork_step for b in branches)
-        trunk = make_spec(trunk_base, shape, trunk_steps, kind="trunk",
-                          label=f"trunk N={counts.params(t.param_count):,}", rule=rule.name)
+        trunk = make_spec(trunk_base, shape, trunk_steps, kind="trunk", label=f"trunk N={n:,}", rule=rule.name)
         trunk.fork_steps = sorted({b.fork_step for b in branches})
         for branch in branches:
             branch.parent = trunk.run_id
         specs += [trunk, *branches]
+    if not specs:
+        raise ConfigError("no model of the ladder serves any of study.branch_flops (each needs at least "
+                          "study.min_steps steps and at most study.max_tokens_per_param tokens per parameter)")
     return specs
 
 
-def _ruled(cfg, rule, shape: dict, counts) -> tuple[dict, dict]:
+def _ruled(cfg, rule, shape: dict, counts, tokens: float) -> tuple[dict, dict]:
     """(plain base config, model section) of one model's trunk and branches under the study's
     hparams rule. A branch shares its trunk's stable phase, so one LR, batch and weight decay
-    serve them all: the rule's values for the model's LONGEST branch (C = its token budget, before
-    rounding to whole batches, x FLOPs per token; the timescale rule's steps: that branch's)."""
+    serve them all: the rule's values for the model's LONGEST branch, of `tokens` tokens (C =
+    tokens x FLOPs per token, before rounding to whole batches; the timescale rule's steps: that
+    branch's)."""
     t = cfg.trainer
     n = counts.params(t.param_count)
-    tokens = max(_budgets_tokens(cfg, n))
     config, model, _ = rule.run(_plain(cfg), shape, tokens * counts.flops_per_token(t.flop_count), n, tokens,
                                 lambda batch: int(tokens // (batch * shape["seq_len"])))
     return config, model

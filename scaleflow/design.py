@@ -32,7 +32,8 @@ def design_table(specs: list[RunSpec]):
     import pandas as pd
 
     return pd.DataFrame([{"params": s.params, "tokens": s.tokens, "flops": s.flops, "budget": s.budget,
-                          "cost": s.own_flops, "run_id": s.run_id, "label": s.label, "lr": s.config["optim"]["lr"],
+                          "kind": s.kind, "cost": s.own_flops, "run_id": s.run_id, "label": s.label,
+                          "lr": s.config["optim"]["lr"],
                           "batch_size": s.config["trainer"]["batch_size"]} for s in specs])
 
 

@@ -11,6 +11,7 @@ optimum; one LR for models from 5k to 360k parameters and runs from 45 to 13,000
 | deepseek | 0.3118 C^-0.125 | 0.2920 C^0.3271 tokens | DeepSeek LLM (2024), fitted at 1e17-2e19 FLOPs |
 | olmo | 0.0047 (N/108M)^(-1/3) | 160 (N/108M)^(2/3) x 2048 tokens | the OLMo model ladder (Bhagia et al. 2024) |
 | mup | the LR tuned at a base width | trainer.batch_size | muP transfer (Yang et al. 2022) |
+| power | lr_ref (N / n_ref)^exponent | trainer.batch_size | a measured LR law of N, or a published one |
 
 Weight decay, for every rule with `hparams.weight_decay_timescale` f: lambda = 1 / (lr f T),
 T the run's steps, so that AdamW's EMA timescale 1 / (lr lambda) is the fraction f of the run
@@ -97,6 +98,10 @@ class Rule:
         t = self.cfg.trainer
         if self.name == "mup":
             return float(self.h["lr"]), int(t.batch_size)
+        if self.name == "power":
+            if not (self.h["lr_ref"] > 0 and self.h["n_ref"] > 0):
+                raise ConfigError("hparams=power needs a positive hparams.lr_ref and hparams.n_ref")
+            return float(self.h["lr_ref"] * (N / self.h["n_ref"]) ** self.h["exponent"]), int(t.batch_size)
         if self.lr_batch is None:
             return float(self.cfg.optim.lr), int(t.batch_size)
         lr, batch = self.lr_batch(C, N, D)

@@ -99,6 +99,32 @@ def test_a_fork_from_a_different_config_is_refused(study_file, tmp_path):
     assert sorted(p.name for p in study_dir.iterdir()) == before
 
 
+def test_flop_budgets_put_every_models_branches_on_the_isoflop_curves(study_file):
+    # Three models, four budgets: each model branches at D = C / (FLOPs per token) for every
+    # budget it serves (>= min_steps steps, <= max_tokens_per_param), one trunk per model.
+    shapes = "[{n_layer: 1, d_model: 8, n_head: 1},{n_layer: 1, d_model: 16, n_head: 2},{n_layer: 2, d_model: 32, n_head: 2}]"
+    budgets = [2e9, 4e9, 8e9, 1.6e10]
+    specs = plan(compose_study(str(study_file), ["study.branch_tokens=[]", f"study.branch_flops={budgets}",
+                                                 f"study.shapes={shapes}", "study.min_steps=50",
+                                                 "study.max_tokens_per_param=300"]))
+    trunks = [s for s in specs if s.kind == "trunk"]
+    branches = [s for s in specs if s.kind == "branch"]
+    assert len(trunks) == 3 and {b.parent for b in branches} == {t.run_id for t in trunks}
+    assert {b.budget for b in branches} == set(budgets)
+    for b in branches:
+        assert b.flops <= b.budget < b.flops + b.tokens_per_step * b.flops_per_token  # whole batches below C
+        assert b.steps >= 50 and b.tokens / b.params <= 300
+    served = {(b.params, b.budget) for b in branches}
+    small, large = min(b.params for b in branches), max(b.params for b in branches)
+    assert (small, 1.6e10) not in served  # too many tokens per parameter for the smallest model
+    assert (large, 2e9) not in served  # too few steps for the largest
+    assert (small, 2e9) in served and (large, 1.6e10) in served
+    with pytest.raises(ConfigError, match="no model of the ladder serves any of study.branch_flops"):
+        plan(compose_study(str(study_file), ["study.branch_tokens=[]", "study.branch_flops=[1e5]"]))
+    with pytest.raises(ConfigError, match="give the branch budgets one way"):
+        plan(compose_study(str(study_file), ["study.branch_flops=[1e9]"]))
+
+
 @pytest.mark.parametrize(
     "override,message",
     [

@@ -203,6 +203,19 @@ def test_simulate_a_study_from_its_saved_fit(loop_study, tmp_path):
     assert numbers.returncode == 2 and "missing beta" in numbers.stderr
 
 
+def test_a_branched_isoflop_design_is_simulated_at_its_own_cost_without_its_trunks():
+    from scaleflow.branches import accounting, plan
+    from scaleflow.config import compose_study
+    from scaleflow.design import simulate_study
+
+    cfg = compose_study("isoflop_branches_cpu")  # the demo: 11 budgets bought with decay branches
+    specs = plan(cfg)
+    truth = "E=1.22,A=51.7,B=5277,alpha=0.52,beta=0.72"  # the demo's approach-3 fit, measured
+    sim = simulate_study(cfg, "decay_branches", truth, 1e13, noise=0.01, n_sim=6)
+    assert sim.n_runs == len(specs) and sim.compute == pytest.approx(accounting(specs).branched_flops)
+    assert sim.approaches["approach2"]["failed"] == 0  # every budget an IsoFLOP curve of branches
+
+
 @pytest.mark.slurm
 def test_next_launches_its_runs_on_slurm_and_waits_for_them(loop_study):
     from slurm_util import cluster_available

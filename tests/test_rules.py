@@ -21,6 +21,17 @@ def test_published_rules_at_their_reference_points():
     assert olmo(0.0, 8 * 108e6)[0] == pytest.approx(0.0047 / 2)  # N^(-1/3)
 
 
+def test_a_power_law_of_n_sets_each_models_lr():
+    specs = isoflop(compose_study("isoflop_cpu", ["hparams=power", "hparams.lr_ref=0.01", "hparams.n_ref=3e4",
+                                                  "hparams.exponent=-0.75"]))
+    assert {s.rule for s in specs} == {"power"} and len({s.params for s in specs}) >= 5
+    for s in specs:
+        assert s.config["optim"]["lr"] == pytest.approx(0.01 * (s.params / 3e4) ** -0.75)
+        assert s.config["trainer"]["batch_size"] == 16  # the study's batch
+    with pytest.raises(ConfigError, match="positive hparams.lr_ref"):
+        isoflop(compose_study("isoflop_cpu", ["hparams=power", "hparams.lr_ref=0"]))
+
+
 def test_the_isoflop_plan_takes_each_runs_lr_batch_and_weight_decay_from_the_rule():
     specs = isoflop(compose_study("isoflop_cpu", ["hparams=deepseek", "hparams.weight_decay_timescale=0.25"]))
     fixed = isoflop(compose_study("isoflop_cpu"))

@@ -62,6 +62,18 @@ class MupHparams(FixedHparams):
     lr: float = 3e-3  # the LR tuned at base_width (e.g. by a mup_transfer study)
 
 
+@dataclass
+class PowerHparams(FixedHparams):
+    """hparams=power: an LR law of N, lr = lr_ref (N / n_ref)^exponent (N in parameters, as the
+    study counts them), batch trainer.batch_size: a measured law (the N exponent of `fit --law
+    lr-bs-nd`, or an LR probe at a few sizes) or a published one (OLMo's: exponent -1/3)."""
+
+    name: str = "power"
+    lr_ref: float = 3e-3  # peak LR at n_ref parameters
+    n_ref: float = 1e5  # parameters
+    exponent: float = -1 / 3
+
+
 #: hparams.name -> its schema.
 HPARAMS = {"fixed": FixedHparams, "lr_bs_fit": LrBsFitHparams, "deepseek": DeepseekHparams,
-           "olmo": OlmoHparams, "mup": MupHparams}
+           "olmo": OlmoHparams, "mup": MupHparams, "power": PowerHparams}

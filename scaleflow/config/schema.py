@@ -242,6 +242,10 @@ class DecayBranchesStudyConfig(LadderStudyConfig):
     branch_tokens: list[float] = field(default_factory=list)
     branch_tokens_per_param: list[float] = field(default_factory=list)
     branch_grid: Optional[str] = None  # "linear:MIN:MAX:N" or "geometric:MIN:MAX:N" (tokens)
+    # IsoFLOP budgets (training FLOPs): each model branches at D = C / (its FLOPs per token), so
+    # every budget is an IsoFLOP curve of branches (approach 2) at the cost of one trunk per model.
+    branch_flops: list[float] = field(default_factory=list)
+    max_tokens_per_param: Optional[float] = None  # branch_flops: leave out (N, C) pairs above this D/N
     decay_variants: list[Any] = field(default_factory=list)  # [{decay_shape, decay_fraction}]
 
 

@@ -112,10 +112,16 @@ def _summary(estimates: np.ndarray, truth: float, log: bool) -> dict[str, Any]:
 
 def simulate_design(design: pd.DataFrame, law: ChinchillaLaw, noise: float, target: float, n_sim: int = 100,
                     seed: int = 0, approaches: tuple[str, ...] = APPROACHES) -> DesignSimulation:
-    """Fit `n_sim` draws of the design (columns params, tokens, flops; budget optional) with each
-    approach; the bias of a (absolute) and of N_opt, D_opt, loss (relative) is the mean's."""
+    """Fit `n_sim` draws of the design (columns params, tokens, flops; budget, kind and cost
+    optional) with each approach; the bias of a (absolute) and of N_opt, D_opt, loss (relative)
+    is the mean's. WSD trunks (kind trunk) are not fitted, as `prepare` leaves them out, but
+    their cost counts (a run's own FLOPs: `cost` where given)."""
     from scaleflow.fit.parametric import one_blas_thread
 
+    compute = float(design["cost"].sum() if "cost" in design.columns else design["flops"].sum())
+    n_runs = len(design)
+    if "kind" in design.columns:
+        design = design[design["kind"] != "trunk"]
     if target <= 0 or noise < 0 or n_sim < 2:
         raise FitError(f"need a positive target, a noise >= 0 and 2 or more draws; got {target}, {noise}, {n_sim}")
     k = flop_definition(design, [])["flops_per_param_token"]  # C = k N D, as the real fit converts
@@ -138,5 +144,4 @@ def simulate_design(design: pd.DataFrame, law: ChinchillaLaw, noise: float, targ
     for a in approaches:
         out[a] = {q: _summary(estimates[a][:, j], truth[q], log=q != "a") for j, q in enumerate(QUANTITIES)}
         out[a]["failed"] = failures[a]
-    return DesignSimulation(float(target), float(noise), n_sim, truth, out, len(design),
-                            float(design["flops"].sum()))
+    return DesignSimulation(float(target), float(noise), n_sim, truth, out, n_runs, compute)

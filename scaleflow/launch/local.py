@@ -25,7 +25,7 @@ from scaleflow.launch.base import Job, LaunchOutcome
 from scaleflow.store import last_metrics, write_job
 from scaleflow.exit_codes import EXIT_BUSY, EXIT_INTERRUPTED
 
-POLL_S = 0.2
+POLL_S = 0.05
 
 
 def _gpu_count() -> int:
