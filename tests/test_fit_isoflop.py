@@ -100,8 +100,8 @@ def test_refuses_budget_whose_minimum_is_outside_the_grid():
 
 # Fixed ladders, as real studies use: the same model sizes at every budget, so the optimum
 # sits at a different place in the ladder at each budget (off-centre, and alpha != beta).
-DEMO_LADDER = np.geomspace(4.8e3, 4.8e3 * 74, 8)  # 8 sizes over 74x, as the demo study
-DEMO_BUDGETS = [1e11, 2e11, 4e11]  # 3 budgets a factor 2 apart, as the demo study
+DEMO_LADDER = np.geomspace(4.8e3, 4.8e3 * 74, 8)  # 8 sizes over 74x, as isoflop_cpu (the former demo)
+DEMO_BUDGETS = [1e11, 2e11, 4e11]  # 3 budgets a factor 2 apart, as isoflop_cpu
 WIDE_LADDER = np.geomspace(1e7, 3e9, 10)  # 300x, as published IsoFLOP sets (100x or more)
 WIDE_BUDGETS = np.geomspace(3e17, 3e19, 5)
 EXPONENTS = [(0.25, 0.45), (0.30, 0.40), (0.35, 0.37), (0.45, 0.25), (0.60, 0.30)]

@@ -18,15 +18,16 @@ from scaleflow.fit.isoflop import simulate
 from scaleflow.fit.laws import ChinchillaLaw
 
 TRUE = ChinchillaLaw(**TRUE_LAW_PARAMS)
-DEMO_STUDY = Path(__file__).parent.parent / "scaleflow" / "sweeps" / "isoflop_cpu.yaml"
+DEMO_STUDY = Path(__file__).parent.parent / "scaleflow" / "sweeps" / "isoflop_branches_cpu.yaml"
 SHAPES = "[{n_layer: 1, d_model: 8, n_head: 1}, {n_layer: 1, d_model: 16, n_head: 2}, " \
          "{n_layer: 1, d_model: 24, n_head: 2}, {n_layer: 2, d_model: 32, n_head: 2}]"
 
 
 def test_a_trained_study_is_collected_and_fitted_as_make_demo_does(tmp_path):
-    """`scaleflow sweep isoflop` then `scaleflow fit STUDY --out DIR` (the demo's two commands)
-    on 2 budgets x 4 tiny models: every finished run enters the fit, every approach is fitted
-    or skipped with its reason, the report is written and `scaleflow predict` reads it back."""
+    """`scaleflow decay-branches` then `scaleflow fit STUDY --out DIR` (the demo's two commands,
+    on its study) with 2 budgets x 4 tiny models: every branch enters the fit as a point of
+    its budget, the trunks stay out, every approach is fitted or skipped with its reason, the
+    report is written and `scaleflow predict` reads it back."""
     study, out, corpus = tmp_path / "study", tmp_path / "fit", tmp_path / "corpus.txt"
     import inspect
     import json as json_module
@@ -34,17 +35,23 @@ def test_a_trained_study_is_collected_and_fitted_as_make_demo_does(tmp_path):
     corpus.write_text(inspect.getsource(json_module.decoder) * 20)  # a small corpus: quick to load
     overrides = [o for o in TINY if not o.startswith(("model.n_layer", "model.d_model", "model.n_head"))]
     overrides += ["data=text", f"data.paths=[{corpus}]"]
-    sweep = run_cli("sweep", "isoflop", str(DEMO_STUDY), f"study_dir={study}", "study.budgets=[1e9,2e9]",
-                    f"study.shapes={SHAPES}", "study.min_steps=10", "trainer.eval_every=1000000",
+    sweep = run_cli("decay-branches", str(DEMO_STUDY), f"study_dir={study}", "study.branch_flops=[1e9,2e9]",
+                    f"study.shapes={SHAPES}", "study.min_steps=15", "schedule.warmup_steps=5",
                     "trainer.checkpoint_every=1000", "launcher.max_parallel=2", *overrides)
     assert sweep.returncode == 0, sweep.stderr
-    runs = sorted(p.parent.name for p in study.glob("*/summary.json"))
-    assert len(runs) == 8
+    kinds = [json.loads(p.read_text())["kind"] for p in study.glob("*/run.json") if (p.parent / "summary.json").exists()]
+    assert sorted(kinds) == ["branch"] * 8 + ["trunk"] * 4
 
-    r = run_cli("fit", str(study), "--out", str(out), "--bootstrap", "20", "--predict", "1e10", "--json")
+    r = run_cli("fit", str(study), "--out", str(out), "--bootstrap", "20", "--predict", "1e10", "--json",
+                "--huber-delta", "0.03")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["n_points"] == 8 and d["flops"]["definition"].startswith("flops column (trainer.flop_count=")
+    assert d["excluded"]["trunks"] == 4 and d["huber_delta"] == 0.03
+    # approach 2 sees the branches as the points of their 2 budgets (fitted, or refused for a
+    # budget without an interior minimum: tiny runs)
+    a2 = d.get("approach2")
+    assert (sorted(b["flops"] for b in a2["budgets"]) == [1e9, 2e9]) if a2 else "of 2 budgets" in d["skipped"]["approach2"]
     for name in ("approach1", "approach2", "approach3"):
         assert (name in d) != (name in d["skipped"]), name  # fitted, or skipped with a reason
         if name in d:
