@@ -87,6 +87,25 @@ def test_bootstrap_interval_covers_a_and_predicts():
     assert lo < res.law.n_opt(1e22) < hi
 
 
+def test_each_bootstrap_replicate_reaches_the_least_loss_of_a_dense_shape_grid():
+    # The replicates' shape search (a compass search from the fit's shape) against brute force:
+    # a 160 x 160 grid over the whole shape range, every replicate priced at every point.
+    from scaleflow.fit.isoflop import SHAPE_RANGE, _solve, fit_shapes
+    from scaleflow.fit.laws import resample_weights
+
+    df = simulate(ChinchillaLaw(**TRUE_LAW_PARAMS), np.geomspace(1e18, 1e21, 5), noise=0.01, seed=3)
+    curves = [Curve(np.log(g["params"].to_numpy(float)), g["loss"].to_numpy(float)) for _, g in df.groupby("budget")]
+    start, _ = fit_shapes(curves, [np.ones((1, len(c.x))) for c in curves])
+    rng = np.random.default_rng(0)
+    weights = [resample_weights(rng, len(c.x), 8) for c in curves]
+    found, _ = fit_shapes(curves, weights, start[0])
+    axis = np.linspace(*np.log(SHAPE_RANGE), 160)
+    dense = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+    brute = sum(_solve(c, w, dense)[1] for c, w in zip(curves, weights)).min(axis=1)
+    reached = sum(_solve(c, w, found[:, None, :])[1][:, 0] for c, w in zip(curves, weights))
+    assert np.all(reached <= brute * (1 + 1e-6))
+
+
 def test_refuses_budget_whose_minimum_is_outside_the_grid():
     true = ChinchillaLaw(**TRUE_LAW_PARAMS)
     good = simulate(true, BUDGETS[:4], noise=0.0)

@@ -40,6 +40,7 @@ from scaleflow.fit.tables import check_table
 EDGE = 0.8  # minimum beyond this fraction of the half-range from the centre: "near the edge"
 SHAPE_RANGE = (0.05, 2.5)  # range searched for the shape exponents alpha, beta
 COARSE, FINE, ROUNDS = 24, 5, 14  # coarse grid points per axis; refinement grid points and rounds
+BOOTSTRAP_ROUNDS = 40  # at most, of a replicate's pattern search (_pattern_search)
 
 
 def group_budgets(df, rtol: float = 0.1) -> np.ndarray:
@@ -105,26 +106,45 @@ def fit_shapes(curves: list[Curve], weights: list[np.ndarray],
     weights[j] (R, m_j) weights the points of budget j (bootstrap counts; ones for the fit).
     A log-spaced COARSE x COARSE grid, then ROUNDS of FINE x FINE grids, each half as wide,
     around every replicate's best point. With `start` (ln(alpha, beta) of the full fit, for
-    bootstrap replicates) the coarse grid is replaced by local grids four coarse steps wide.
+    bootstrap replicates): a pattern search from there instead (_pattern_search).
     """
     R = len(weights[0])
     lo, hi = np.log(SHAPE_RANGE)
     step = (hi - lo) / (COARSE - 1)
-    local = np.stack(np.meshgrid(*[np.linspace(-1, 1, FINE)] * 2, indexing="ij"), -1).reshape(-1, 2)
-    if start is None:
-        axis = np.linspace(lo, hi, COARSE)
-        grid, rounds = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2), ROUNDS + 1
+    if start is not None:
+        best = _pattern_search(curves, weights, np.asarray(start, float), 2.0 * step)
     else:
-        step *= 4.0
-        grid, rounds = np.clip(np.asarray(start)[None] + step * local, lo, hi), ROUNDS + 3
-        step /= 2.0
-    for _ in range(rounds):
-        sse = sum(_solve(c, w, grid)[1] for c, w in zip(curves, weights))
-        best = np.broadcast_to(grid, (R,) + grid.shape[-2:])[np.arange(R), np.argmin(np.nan_to_num(sse, nan=np.inf), 1)]
-        grid = np.clip(best[:, None, :] + step * local[None], lo, hi)
-        step /= 2.0
+        local = np.stack(np.meshgrid(*[np.linspace(-1, 1, FINE)] * 2, indexing="ij"), -1).reshape(-1, 2)
+        axis = np.linspace(lo, hi, COARSE)
+        grid = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+        for _ in range(ROUNDS + 1):
+            sse = sum(_solve(c, w, grid)[1] for c, w in zip(curves, weights))
+            best = np.broadcast_to(grid, (R,) + grid.shape[-2:])[np.arange(R), np.argmin(np.nan_to_num(sse, nan=np.inf), 1)]
+            grid = np.clip(best[:, None, :] + step * local[None], lo, hi)
+            step /= 2.0
     coefs = [_solve(c, w, best[:, None, :])[0][:, 0] for c, w in zip(curves, weights)]
     return best, coefs
+
+
+def _pattern_search(curves: list[Curve], weights: list[np.ndarray], start: np.ndarray, step: float) -> np.ndarray:
+    """ln(alpha, beta) (R, 2) of every replicate by compass search from `start`: each round
+    prices the 3 x 3 shapes at +-step around each replicate's best; a replicate moves to the
+    best of them and keeps its step, or halves the step when it stays (the centre wins ties),
+    so it follows a long shallow valley as far as it goes. Until every step is below 1e-4."""
+    R = len(weights[0])
+    lo, hi = np.log(SHAPE_RANGE)
+    local = np.array([[0, 0], [-1, -1], [-1, 0], [-1, 1], [0, -1], [0, 1], [1, -1], [1, 0], [1, 1]], float)
+    best, steps = np.tile(start, (R, 1)), np.full(R, step)
+    for _ in range(BOOTSTRAP_ROUNDS):
+        active = np.flatnonzero(steps >= 1e-4)  # only replicates still searching are priced
+        if not len(active):
+            break
+        grid = np.clip(best[active, None, :] + steps[active, None, None] * local[None], lo, hi)
+        sse = sum(_solve(c, w[active], grid)[1] for c, w in zip(curves, weights))
+        pick = np.argmin(np.nan_to_num(sse, nan=np.inf), 1)
+        best[active] = grid[np.arange(len(active)), pick]
+        steps[active] = np.where(pick == 0, steps[active] / 2.0, steps[active])
+    return best
 
 
 def minimum(c: Curve, log_exps: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
