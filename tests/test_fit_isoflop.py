@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from conftest import TRUE_LAW_PARAMS
 from scaleflow.errors import FitError
-from scaleflow.fit.isoflop import Curve, IsoFlopFitter, curve_loss, group_budgets, minimum, simulate
+from scaleflow.fit.isoflop import Curve, IsoFlopFitter, _solve, curve_loss, group_budgets, minimum, simulate
 from scaleflow.fit.laws import ChinchillaLaw
 
 BUDGETS = np.geomspace(1e18, 1e21, 5)
@@ -174,3 +174,19 @@ def test_one_budget_is_an_error():
     bad = simulate(true, BUDGETS[:3], span=4.0, offset=20.0, noise=0.0)
     with pytest.raises(FitError, match="minimum inside"):
         IsoFlopFitter().fit(bad)
+
+
+def test_each_budget_solve_matches_least_squares_even_when_resampling_leaves_two_sizes():
+    """The closed-form solve of a budget's curve at a shape gives lstsq's weighted SSE; a
+    bootstrap replicate whose runs cover 1 or 2 sizes (fewer than the 3 coefficients) must
+    still be fitted exactly (SSE ~ 0), not blow up as Cramer's rule does."""
+    c = Curve(np.log([1e6, 3e6, 1e7, 3e7, 1e8]), np.array([3.1, 2.9, 2.85, 2.95, 3.2]))
+    weights = np.array([[1.0, 1, 1, 1, 1], [2, 0, 0, 0, 3], [0, 3, 1, 0, 0], [0, 0, 5, 0, 0]])
+    shapes = np.log([[0.3, 0.3], [1.0, 2.0], [2.5, 0.05], [0.02, 2.9]])  # ln(alpha, beta)
+    _, sse = _solve(c, weights, shapes)
+    for r, w in enumerate(weights):
+        sw = np.sqrt(w) / c.y  # relative errors
+        for g, (alpha, beta) in enumerate(np.exp(shapes)):
+            F = np.column_stack([np.ones(len(c.x)), np.exp(-alpha * c.u), np.exp(beta * c.u)]) * sw[:, None]
+            exact = np.sum((F @ np.linalg.lstsq(F, c.y * sw, rcond=None)[0] - c.y * sw) ** 2)
+            assert sse[r, g] == pytest.approx(exact, rel=1e-6, abs=1e-9 * w.sum()), (r, g)

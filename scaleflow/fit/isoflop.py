@@ -82,21 +82,45 @@ def _basis(u: np.ndarray, log_exps: np.ndarray) -> np.ndarray:
 def _solve(c: Curve, w: np.ndarray, log_exps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Relative-error least squares of one budget at each shape: w (R, m) point weights,
     log_exps (G, 2) shared by the replicates or (R, G, 2) -> coefficients (R, G, 3)
-    [E_c, A_c, B_c] and weighted SSE (R, G)."""
-    F = _basis(c.u, log_exps)  # (G, m, 3) or (R, G, m, 3)
-    wy = w / c.y**2
-    R, m = wy.shape
-    if F.ndim == 3:  # one grid for every replicate: two matrix products price it all
-        FF = (F[..., :, None] * F[..., None, :]).transpose(1, 0, 2, 3).reshape(m, -1)
-        M = (wy @ FF).reshape(R, -1, 3, 3)
-        rhs = ((wy * c.y) @ F.transpose(1, 0, 2).reshape(m, -1)).reshape(R, -1, 3)
+    [E_c, A_c, B_c] and weighted SSE (R, G).
+
+    The 3 x 3 normal equations are summed and solved in closed form over every (replicate,
+    shape) at once: the bootstrap's search prices thousands of shapes per budget, and small
+    batched matmuls and LAPACK solves cost more than the arithmetic."""
+    e = np.exp(log_exps)
+    a, b = np.exp(-e[..., 0, None] * c.u), np.exp(e[..., 1, None] * c.u)  # (G, m) or (R, G, m)
+    v = w / c.y**2  # relative errors: weight 1 / y^2
+    vy = v * c.y
+    if a.ndim == 2:  # one grid for every replicate: each sum is one matrix product
+        wsum = lambda f, weight: weight @ f.T
     else:
-        Fw = F * wy[:, None, :, None]
-        M, rhs = Fw.transpose(0, 1, 3, 2) @ F, (Fw * c.y[:, None]).sum(-2)
-    M += 1e-12 * np.trace(M, axis1=-2, axis2=-1)[..., None, None] * np.eye(3)
-    coef = np.linalg.solve(M, rhs[..., None])[..., 0]
-    pred = np.einsum("gmi,rgi->rgm", F, coef) if F.ndim == 3 else (F @ coef[..., None])[..., 0]
-    return coef, np.einsum("rm,rgm->rg", wy, (pred - c.y) ** 2)
+        wsum = lambda f, weight: (f @ weight[:, :, None])[..., 0]
+    s1, sy = v.sum(1)[:, None], vy.sum(1)[:, None]
+    sa, sb, saa, sab, sbb = (wsum(f, v) for f in (a, b, a * a, a * b, b * b))
+    ra, rb = wsum(a, vy), wsum(b, vy)
+    ridge = 1e-12 * (s1 + saa + sbb)  # as a ridge of 1e-12 x trace: a flat shape stays solvable
+    coef = _solve_spd3(s1 + ridge, sa, sb, saa + ridge, sab, sbb + ridge, sy, ra, rb, ridge)
+    residual = coef[..., 0, None] + coef[..., 1, None] * a + coef[..., 2, None] * b - c.y
+    return coef, wsum(residual**2, v) if a.ndim == 3 else np.einsum("rgm,rm->rg", residual**2, v)
+
+
+def _solve_spd3(m00, m01, m02, m11, m12, m22, r0, r1, r2, floor) -> np.ndarray:
+    """x (..., 3) of M x = r for symmetric positive semi-definite 3 x 3 matrices M, elementwise,
+    by Cholesky (backward stable, unlike Cramer's rule: a budget whose resampled runs cover
+    fewer than 3 sizes is singular but for the ridge, and must still get a small residual).
+    A pivot that rounding pushes below `floor` is raised to it."""
+    l00 = np.sqrt(m00)
+    l10, l20 = m01 / l00, m02 / l00
+    l11 = np.sqrt(np.maximum(m11 - l10**2, floor))
+    l21 = (m12 - l20 * l10) / l11
+    l22 = np.sqrt(np.maximum(m22 - l20**2 - l21**2, floor))
+    z0 = r0 / l00
+    z1 = (r1 - l10 * z0) / l11
+    z2 = (r2 - l20 * z0 - l21 * z1) / l22
+    x2 = z2 / l22
+    x1 = (z1 - l21 * x2) / l11
+    x0 = (z0 - l10 * x1 - l20 * x2) / l00
+    return np.stack([x0, x1, x2], -1)
 
 
 def fit_shapes(curves: list[Curve], weights: list[np.ndarray],
