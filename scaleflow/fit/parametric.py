@@ -164,9 +164,11 @@ def batched_refine(starts: np.ndarray, X: np.ndarray, logy: np.ndarray, delta: f
                    asymmetry: float = 1.0, max_iter: int = 200, tol: float = 1e-13) -> tuple[np.ndarray, np.ndarray]:
     """Many fits at once: row r minimises the summed Huber loss with point weights W[r] from
     starts[r] (or one start for every row). Levenberg-Marquardt steps on the Gauss-Newton model
-    with Huber IRLS weights (min(1, delta/|r|): the majoriser of the Huber loss), one damping per
-    row, a step kept only where it lowers that row's loss; a row stops when a kept step gains
-    less than `tol` of its loss. Returns (theta (R, 2k+1), summed Huber loss (R,)).
+    with the Huber loss's own curvature (weight 1 for residuals inside delta, 0 outside; the
+    IRLS majoriser's min(1, delta/|r|) converged linearly, in 4x the steps on Chinchilla's
+    bootstrap), one damping per row, a step kept only where it lowers that row's loss; a row
+    stops when a kept step gains less than `tol` of its loss. Returns (theta (R, 2k+1), summed
+    Huber loss (R,)).
 
     The bootstrap's engine: 1,000 replicates of 240 points in well under a second, to the
     optimum L-BFGS-B reaches one replicate at a time (losses within 1e-10, relative)."""
@@ -181,7 +183,7 @@ def batched_refine(starts: np.ndarray, X: np.ndarray, logy: np.ndarray, delta: f
         side = np.where(ra > 0.0, asymmetry, 1.0) * Wa
         Jt = np.concatenate([pa, -pa[:, 1:] * X.T[None]], axis=1)  # (rows, 2k+1, n): d r / d theta
         g = np.nan_to_num(np.matmul(Jt, (np.clip(ra, -delta, delta) * side)[..., None])[..., 0])
-        u = side * np.minimum(1.0, delta / np.maximum(np.abs(ra), 1e-300))  # Huber IRLS weights
+        u = side * (np.abs(ra) <= delta)  # the Huber loss's own curvature: 1 inside delta, 0 outside
         H = np.nan_to_num(np.matmul(Jt * u[:, None, :], Jt.transpose(0, 2, 1)))
         diag = np.einsum("rii->ri", H)
         H += (damping[rows, None] * diag + 1e-12 * (diag.max(axis=1, keepdims=True) + 1.0))[..., None] * eye
@@ -239,10 +241,22 @@ def one_blas_thread():
 
 def fit_lse(X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None = None,
             starts: np.ndarray | None = None, n_grid: int = 20, n_seeds: int = 2, asymmetry: float = 1.0):
-    """Global fit: refine the VP seeds (plus any extra `starts`), polish the best; the scipy
-    result gains `converged` (bool) and `convergence` (why not, or "")."""
+    """Global fit: refine the VP seeds (plus any extra `starts`) together by Levenberg-Marquardt
+    (`batched_refine`), then `polish` the best with L-BFGS-B, a second optimiser that must
+    find nothing left to gain; the scipy result gains `converged` (bool) and `convergence`
+    (why not, or "")."""
+    from scipy.optimize import OptimizeResult
+
     with one_blas_thread():
-        return polish(_fit_lse(X, logy, delta, w, starts, n_grid, n_seeds, asymmetry), X, logy, delta, w, asymmetry)
+        seeds = vp_seeds(X, logy, delta, w, n_grid, n_seeds, asymmetry)
+        if starts is not None:
+            seeds = np.vstack([np.atleast_2d(starts), seeds])
+        W = np.tile(np.ones(len(logy)) if w is None else np.asarray(w, float), (len(seeds), 1))
+        theta, loss = batched_refine(seeds, X, logy, delta, W, asymmetry)
+        best = int(np.argmin(loss))
+        res = OptimizeResult(x=theta[best], fun=float(loss[best]), success=True,
+                             message="best of the seeds' Levenberg-Marquardt fits")
+        return polish(res, X, logy, delta, w, asymmetry)
 
 
 def polish(res, X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | None = None,
@@ -268,13 +282,6 @@ def polish(res, X: np.ndarray, logy: np.ndarray, delta: float, w: np.ndarray | N
         problems.append(f"the scaled gradient is {scaled:.1e} (above 1e-5)")
     best.converged, best.convergence = not problems, "; ".join(problems)
     return best
-
-
-def _fit_lse(X, logy, delta, w, starts, n_grid, n_seeds, asymmetry=1.0):
-    seeds = vp_seeds(X, logy, delta, w, n_grid, n_seeds, asymmetry)
-    if starts is not None:
-        seeds = np.vstack([np.atleast_2d(starts), seeds])
-    return best_refined(seeds, X, logy, delta, w, asymmetry)
 
 
 def best_refined(seeds, X, logy, delta, w=None, asymmetry: float = 1.0, objective=huber_objective):
