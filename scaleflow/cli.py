@@ -6,6 +6,8 @@ Heavy imports (torch, pandas) happen inside the commands so that `--help` is ins
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import sys
 from pathlib import Path
@@ -307,6 +309,10 @@ _register_commands()
 
 def main() -> None:
     """Entry point: one-line errors, exit 2 for bad input, 130 for Ctrl-C."""
+    # The interpreter's last collections walk every object torch and its compiler stack made
+    # (~0.35 s of a CPU training run's exit here); frozen, they are skipped. Registered first,
+    # it runs after any exit handler a tracker registers later.
+    atexit.register(gc.freeze)
     try:
         app()
     except ScaleflowError as exc:
