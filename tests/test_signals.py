@@ -1,5 +1,5 @@
 """Stop signals, for real: SIGTERM then SIGUSR2 to a worker and to `scaleflow train`, Ctrl-C
-(SIGINT to its process group) of `scaleflow sweep`. Each time the run checkpoints at the step
+(SIGINT to its process group) and `kill` (SIGTERM to its process alone) of `scaleflow sweep`. Each time the run checkpoints at the step
 it has reached and the process exits with its documented code (worker 3, CLI 130); the same
 command then finishes the run bit for bit equal to an uninterrupted one.
 
@@ -162,10 +162,11 @@ def _pending(pid: int, sig: int) -> bool:
     return bool(int(_status(pid)["ShdPnd"], 16) >> (sig - 1) & 1)
 
 
-def _ctrl_c_with_every_worker_frozen(sweep: subprocess.Popen, run_dirs: list[Path]) -> dict[Path, int]:
-    """Ctrl-C the sweep while each of its workers is halted (SIGSTOP) at a step >= LEAD: none can
-    run ahead to its end while another is still starting. Each resumes (SIGCONT) only once the
-    sweep's SIGTERM waits on it. Returns the step each run had logged when it was halted."""
+def _stop_with_every_worker_frozen(sweep: subprocess.Popen, run_dirs: list[Path], stop: Callable[[int], None]) -> dict[Path, int]:
+    """Stop the sweep (`stop(its pid)`) while each of its workers is halted (SIGSTOP) at a step
+    >= LEAD: none can run ahead to its end while another is still starting. Each resumes
+    (SIGCONT) only once the sweep's SIGTERM waits on it. Returns the step each run had logged
+    when it was halted."""
     frozen = {}
     try:
         for run_dir in run_dirs:
@@ -174,7 +175,7 @@ def _ctrl_c_with_every_worker_frozen(sweep: subprocess.Popen, run_dirs: list[Pat
             os.kill(pid, signal.SIGSTOP)
             wait_for(f"a halt of the worker of {run_dir.name}", lambda: _stopped(pid))
         halted_at = {run_dir: last_step(run_dir) for run_dir in run_dirs}
-        os.killpg(sweep.pid, signal.SIGINT)  # the sweep leads its own process group
+        stop(sweep.pid)
         wait_for("SIGTERM passed on to every worker", lambda: all(_pending(p, signal.SIGTERM) for p in frozen.values()))
     finally:
         for pid in frozen.values():
@@ -183,7 +184,12 @@ def _ctrl_c_with_every_worker_frozen(sweep: subprocess.Popen, run_dirs: list[Pat
     return halted_at
 
 
-def test_ctrl_c_of_a_sweep_checkpoints_every_run_exits_130_and_resumes_bit_for_bit(tmp_path, one_thread):
+CTRL_C = lambda pid: os.killpg(pid, signal.SIGINT)  # the sweep leads its own process group
+KILL = lambda pid: os.kill(pid, signal.SIGTERM)  # `kill PID`: the sweep alone, not its group
+
+
+@pytest.mark.parametrize("stop", [CTRL_C, KILL], ids=["ctrl_c", "sigterm"])
+def test_a_stopped_sweep_checkpoints_every_run_exits_130_and_resumes_bit_for_bit(tmp_path, one_thread, stop):
     study_file = tmp_path / "signals.yaml"
     study_file.write_text(STUDY % TEXT)
     study_dir = tmp_path / "study"
@@ -194,7 +200,7 @@ def test_ctrl_c_of_a_sweep_checkpoints_every_run_exits_130_and_resumes_bit_for_b
     # In its own session, so that it leads its own process group: what a terminal's Ctrl-C signals.
     sweep = subprocess.Popen([*CLI, *command], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    halted_at = _ctrl_c_with_every_worker_frozen(sweep, run_dirs)
+    halted_at = _stop_with_every_worker_frozen(sweep, run_dirs, stop)
     assert sweep.wait(timeout=GUARD_S) == EXIT_CLI_INTERRUPTED
     for spec, run_dir in zip(specs, run_dirs):
         assert_checkpointed_where_it_stopped(run_dir, halted_at[run_dir], spec.steps)

@@ -5,8 +5,8 @@ imported torch (multiprocessing's "forkserver": it imports, it never computes), 
 in a fraction of a second rather than the ~3 s of CPU a fresh interpreter spends importing
 torch; a job of several processes is a `torchrun` subprocess. On a GPU machine each job gets
 one GPU (CUDA_VISIBLE_DEVICES, set before the job touches CUDA); on CPU the cores are shared
-out as torch threads. Ctrl-C asks every job to checkpoint (SIGTERM), waits for them, and
-leaves everything resumable.
+out as torch threads. Ctrl-C, or SIGTERM to the launching process, asks every job to
+checkpoint (SIGTERM), waits for them, and leaves everything resumable.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 from contextlib import contextmanager
@@ -69,6 +70,7 @@ class LocalLauncher:
             self.max_parallel = max(1, self.gpus // max(job.gpus for job in jobs))
         pending, running, results = list(jobs), {}, {}
         progress = _Progress(self.console, jobs)
+        restore_sigterm = _sigterm_as_ctrl_c()
         try:
             while pending or running:
                 for job, (proc, slot) in list(running.items()):
@@ -109,8 +111,23 @@ class LocalLauncher:
                 proc.wait()
                 write_job(Path(job.run_dir), launcher="local", pid=proc.pid, exit_code=proc.returncode, state="stopped")
         finally:
+            restore_sigterm()
             progress.close()
         return outcome
+
+
+def _sigterm_as_ctrl_c():
+    """Until the returned function is called, SIGTERM to this process (`kill`, a container's
+    stop, the end of an allocation) stops the launch as Ctrl-C does: each job checkpoints first.
+    Its jobs run in sessions of their own, so nothing else would pass the signal on to them."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # only the main thread may set handlers; its owner handles signals
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _fork_server():
