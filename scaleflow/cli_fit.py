@@ -92,6 +92,48 @@ From = Annotated[Optional[str], typer.Option("--from", help="Read SOURCE as resu
                                              "folder) or mlflow (an mlruns file store).", show_default=False)]
 
 
+# Options of one law or approach, named here so that fit's signature reads as a list.
+_Resample = Annotated[str, typer.Option("--resample", help="What the bootstrap of approaches 2 and 3 draws: "
+                                        "runs (each alone) or trunks (a WSD trunk's branches together: "
+                                        "they share its noise).")]
+
+_Chance = Annotated[Optional[float], typer.Option("--chance", help="--law downstream: accuracy of a random "
+                                                  "guess (e.g. 0.25), the sigmoid's fixed floor.")]
+
+_At = Annotated[Optional[str], typer.Option("--at", help="--law downstream: (N, D) pairs to predict at, "
+                                            "e.g. 1e9:2e10,7e10:1.4e12.")]
+
+_History = Annotated[Optional[Path], typer.Option("--history", help="Training history for critical-batch when "
+                                                  "SOURCE is a table: CSV/parquet of metrics lines (run_id, step, "
+                                                  "tokens, train_loss, val_loss, grad_noise_scale).")]
+
+_Asymmetry = Annotated[float, typer.Option("--asymmetry", help="Approach 3: weight W of the Huber loss of runs "
+                                            "the model over-estimates (curve above the run); W > 1 fits a lower "
+                                            "envelope that hugs the best runs; 1: symmetric.")]
+
+_SharedE = Annotated[bool, typer.Option("--shared-e", help="compute-multiplier: one irreducible loss E for "
+                                        "both recipes.")]
+
+_Versus = Annotated[Optional[str], typer.Option("--versus", help="compute-multiplier: a second table or study, "
+                                                "the second recipe (B) against SOURCE (A).")]
+
+_PredictSchedule = Annotated[Optional[str], typer.Option("--predict-schedule", help="loss-curve: schedules to "
+                                                         "predict, comma-separated, e.g. 'wsd:steps=800:"
+                                                         "decay_fraction=0.2,cosine:steps=800' (keys: steps, "
+                                                         "warmup_steps, decay_fraction, decay_shape, "
+                                                         "final_lr_fraction, lr; unset: as the fitted runs).")]
+
+_Holdout = Annotated[Optional[str], typer.Option("--holdout", help="loss-curve: run ids (comma-separated) left "
+                                                 "out of the fit; their final losses are predicted.")]
+
+_CurveLoss = Annotated[str, typer.Option("--curve-loss", help="loss-curve: the history's train_loss or "
+                                         "val_loss.")]
+
+_Tracker = Annotated[Optional[str], typer.Option("--tracker", help="Log the --out files of a study's fit to "
+                                                 "wandb, tensorboard or mlflow (none: don't); default: the "
+                                                 "tracker of the study's runs.", show_default=False)]
+
+
 def fit(
     source: Annotated[str, typer.Argument(help="CSV or parquet table, or a study directory (or, with --from, "
                                           "a W&B export, TensorBoard logs, an MLflow store).")],
@@ -109,35 +151,20 @@ def fit(
     holdout_largest: Annotated[bool, typer.Option("--holdout-largest", help="Backtest: fit without the largest "
                                                   "budget, compare with what it measured.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
-    chance: Annotated[Optional[float], typer.Option("--chance", help="--law downstream: accuracy of a random "
-                                                    "guess (e.g. 0.25), the sigmoid's fixed floor.")] = None,
-    at: Annotated[Optional[str], typer.Option("--at", help="--law downstream: (N, D) pairs to predict at, "
-                                              "e.g. 1e9:2e10,7e10:1.4e12.")] = None,
-    history: Annotated[Optional[Path], typer.Option("--history", help="Training history for critical-batch when "
-                                                    "SOURCE is a table: CSV/parquet of metrics lines (run_id, step, "
-                                                    "tokens, train_loss, val_loss, grad_noise_scale).")] = None,
-    asymmetry: Annotated[float, typer.Option("--asymmetry", help="Approach 3: weight W of the Huber loss of runs "
-                                              "the model over-estimates (curve above the run); W > 1 fits a lower "
-                                              "envelope that hugs the best runs; 1: symmetric.")] = 1.0,
-    shared_e: Annotated[bool, typer.Option("--shared-e", help="compute-multiplier: one irreducible loss E for "
-                                           "both recipes.")] = False,
-    versus: Annotated[Optional[str], typer.Option("--versus", help="compute-multiplier: a second table or study, "
-                                                  "the second recipe (B) against SOURCE (A).")] = None,
-    predict_schedule: Annotated[Optional[str], typer.Option("--predict-schedule", help="loss-curve: schedules to "
-                                                            "predict, comma-separated, e.g. 'wsd:steps=800:"
-                                                            "decay_fraction=0.2,cosine:steps=800' (keys: steps, "
-                                                            "warmup_steps, decay_fraction, decay_shape, "
-                                                            "final_lr_fraction, lr; unset: as the fitted runs).")] = None,
-    holdout: Annotated[Optional[str], typer.Option("--holdout", help="loss-curve: run ids (comma-separated) left "
-                                                   "out of the fit; their final losses are predicted.")] = None,
-    curve_loss: Annotated[str, typer.Option("--curve-loss", help="loss-curve: the history's train_loss or "
-                                            "val_loss.")] = "train_loss",
+    resample: _Resample = "runs",
+    chance: _Chance = None,
+    at: _At = None,
+    history: _History = None,
+    asymmetry: _Asymmetry = 1.0,
+    shared_e: _SharedE = False,
+    versus: _Versus = None,
+    predict_schedule: _PredictSchedule = None,
+    holdout: _Holdout = None,
+    curve_loss: _CurveLoss = "train_loss",
     as_json: Json = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write fit.json, plots (PNG, SVG), report.md "
                                                 "and report.html here.")] = None,
-    tracker: Annotated[Optional[str], typer.Option("--tracker", help="Log the --out files of a study's fit to "
-                                                   "wandb, tensorboard or mlflow (none: don't); default: the "
-                                                   "tracker of the study's runs.", show_default=False)] = None,
+    tracker: _Tracker = None,
 ) -> None:
     """Fit scaling laws (Chinchilla approaches 1-3, power law, LR / batch size) to a study or a table."""
     from scaleflow.fit.api import FitOptions, fit as run_fit
@@ -151,7 +178,7 @@ def fit(
     report_tracker = fit_tracker(source, from_, out, tracker)  # docs/trackers.md
     options = FitOptions(law=law, columns=_columns(col), where=where, param_count=param_count,
                          n_bootstrap=bootstrap, huber_delta=huber_delta, predict=_floats(predict, "--predict"),
-                         holdout_largest=holdout_largest, seed=seed, history=str(history) if history else None,
+                         holdout_largest=holdout_largest, seed=seed, resample=resample, history=str(history) if history else None,
                          source_kind=from_, asymmetry=asymmetry, shared_e=shared_e, versus=versus,
                          chance=chance, at=_pairs(at), curve_loss=curve_loss,
                          study_dir=source if not from_ and Path(source).is_dir() else None,
@@ -165,7 +192,8 @@ def fit(
     if as_json:
         _print_json(d)
         return
-    _render_fit(d, f"[bold]{source}[/]: {d['n_points']} runs, law {law}, {bootstrap} bootstrap replicates")
+    _render_fit(d, f"[bold]{source}[/]: {d['n_points']} runs, law {law}, {bootstrap} bootstrap replicates"
+               + (" of whole trunks" if resample == "trunks" else ""))
     if written:
         _console().print(f"wrote {len(written)} files to {out}")
 

@@ -74,7 +74,8 @@ def test_out_dir_and_predict(tmp_path, study_csv):
     assert r.exit_code == 0 and "Smallest model" in r.stdout
 
 
-@pytest.mark.parametrize("args", [["--predict", "1e21,abc"], ["--col", "params"], ["--huber-delta", "0"]])
+@pytest.mark.parametrize("args", [["--predict", "1e21,abc"], ["--col", "params"], ["--huber-delta", "0"],
+                                  ["--resample", "seeds"], ["--resample", "trunks"]])  # the table names no trunks
 def test_bad_options_raise_fit_error(study_csv, args):
     r = CliRunner().invoke(app(), ["fit", str(study_csv), "--bootstrap", "0", *args])
     assert isinstance(r.exception, FitError), r.output

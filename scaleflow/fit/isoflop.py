@@ -35,7 +35,7 @@ from scaleflow.errors import FitError
 from scaleflow.fit.defaults import HUBER_DELTA
 from scaleflow.fit.doubt import unpinned_exponent
 from scaleflow.fit.laws import DOUBTFUL, OK, REFUSED, AllocationLaw, PowerLaw, jsonable, resample_weights
-from scaleflow.fit.tables import check_table
+from scaleflow.fit.tables import cluster_labels, check_table
 
 EDGE = 0.8  # minimum beyond this fraction of the half-range from the centre: "near the edge"
 SHAPE_RANGE = (0.05, 2.5)  # range searched for the shape exponents alpha, beta
@@ -99,9 +99,11 @@ def _solve(c: Curve, w: np.ndarray, log_exps: np.ndarray) -> tuple[np.ndarray, n
     sa, sb, saa, sab, sbb = (wsum(f, v) for f in (a, b, a * a, a * b, b * b))
     ra, rb = wsum(a, vy), wsum(b, vy)
     ridge = 1e-12 * (s1 + saa + sbb)  # as a ridge of 1e-12 x trace: a flat shape stays solvable
-    coef = _solve_spd3(s1 + ridge, sa, sb, saa + ridge, sab, sbb + ridge, sy, ra, rb, ridge)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a replicate that drew none of the runs: NaN
+        coef = _solve_spd3(s1 + ridge, sa, sb, saa + ridge, sab, sbb + ridge, sy, ra, rb, ridge)
     residual = coef[..., 0, None] + coef[..., 1, None] * a + coef[..., 2, None] * b - c.y
-    return coef, wsum(residual**2, v) if a.ndim == 3 else np.einsum("rgm,rm->rg", residual**2, v)
+    sse = wsum(residual**2, v) if a.ndim == 3 else np.einsum("rgm,rm->rg", residual**2, v)
+    return coef, np.where(s1 > 0, sse, 0.0)  # a budget without runs (cluster bootstrap) prices no shape
 
 
 def _solve_spd3(m00, m01, m02, m11, m12, m22, r0, r1, r2, floor) -> np.ndarray:
@@ -262,13 +264,16 @@ class IsoFlopFitter:
     """Approach 2 estimator: `IsoFlopFitter(n_bootstrap=200).fit(df)` -> IsoFlopResult.
 
     df needs `params`, `tokens`, `loss`, `flops` (and optionally `budget`), all in natural
-    units (parameters, tokens, nats/token, FLOPs).
+    units (parameters, tokens, nats/token, FLOPs). The bootstrap resamples runs within each
+    budget; with `cluster` (a column, e.g. `trunk`), it draws whole clusters across budgets
+    instead (each cluster's runs at every budget together).
     """
 
     rtol: float = 0.1
     n_bootstrap: int = 0
     seed: int = 0
     huber_delta: float = HUBER_DELTA
+    cluster: str | None = None
 
     def fit(self, df) -> IsoFlopResult:
         from scaleflow.fit.parametric import one_blas_thread
@@ -278,6 +283,7 @@ class IsoFlopFitter:
 
     def _fit(self, df) -> IsoFlopResult:
         check_table(df, ("params", "tokens", "loss", "flops"), 6, "approach 2 (IsoFLOP)")
+        df = df.reset_index(drop=True)  # row labels are positions: the cluster bootstrap indexes by them
         C = group_budgets(df, self.rtol)
         groups = [(float(c), g) for c, g in df.groupby(C) if g["params"].nunique() >= 3]
         if len(groups) < 2:
@@ -293,7 +299,7 @@ class IsoFlopFitter:
             raise FitError(f"approach 2: only {len(good)} of {len(budgets)} budgets have a minimum inside the "
                            "sampled model sizes; widen the grids or use approach 3")
         Cs = np.array([b.flops for b in good])
-        n_boot, d_boot = self._bootstrap(budgets, curves, log_exps[0])
+        n_boot, d_boot = self._bootstrap(budgets, curves, log_exps[0], self._weights(df, groups))
         keep = [i for i, b in enumerate(budgets) if b.status != REFUSED]
         n_boot, d_boot = n_boot[:, keep], d_boot[:, keep]
         n_law = PowerLaw.fit(Cs, [b.params_opt for b in good], boot=(Cs, n_boot, np.isfinite(n_boot)))
@@ -312,14 +318,23 @@ class IsoFlopFitter:
         problems += unpinned_exponent(n_law)
         return (DOUBTFUL if problems else OK), "; ".join(problems)
 
-    def _bootstrap(self, budgets, curves: list[Curve], start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(R, budgets) N_opt and D_opt from runs resampled within each budget, the shape refitted
-        too; NaN where a replicate's curve has no minimum inside the sampled sizes."""
+    def _weights(self, df, groups) -> list[np.ndarray]:
+        """Each budget's (R, runs) bootstrap counts: its runs resampled, or, with a cluster
+        column, the counts of one draw of whole clusters over the table."""
+        rng = np.random.default_rng(self.seed)
+        if self.cluster is None:
+            return [resample_weights(rng, len(g), self.n_bootstrap) for _, g in groups]
+        every_row = resample_weights(rng, len(df), self.n_bootstrap, cluster_labels(df, self.cluster))
+        return [every_row[:, g.index.to_numpy()] for _, g in groups]
+
+    def _bootstrap(self, budgets, curves: list[Curve], start: np.ndarray,
+                   weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(R, budgets) N_opt and D_opt from resampled runs (`weights`: each budget's counts),
+        the shape refitted too; NaN where a replicate's curve has no minimum inside the sampled
+        sizes."""
         R = self.n_bootstrap
         if R == 0:
             return np.empty((0, len(curves))), np.empty((0, len(curves)))
-        rng = np.random.default_rng(self.seed)
-        weights = [resample_weights(rng, len(c.x), R) for c in curves]
         log_exps, coefs = fit_shapes(curves, weights, start)
         n_opt, d_opt = np.full((R, len(curves)), np.nan), np.full((R, len(curves)), np.nan)
         for j, (c, b, k) in enumerate(zip(curves, budgets, coefs)):

@@ -31,9 +31,17 @@ def percentile_interval(values: Any, level: float = LEVEL) -> np.ndarray:
         return np.nanpercentile(v, [q, 100.0 - q], axis=0)
 
 
-def resample_weights(rng: np.random.Generator, n: int, n_replicates: int) -> np.ndarray:
-    """(n_replicates, n) bootstrap counts: how often each of n points is drawn, n draws each."""
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_replicates).astype(float)
+def resample_weights(rng: np.random.Generator, n: int, n_replicates: int, groups: Any = None) -> np.ndarray:
+    """(n_replicates, n) bootstrap counts: how often each of n points is drawn, n draws each.
+
+    With `groups` (n labels), whole groups are drawn, as many draws as there are groups (a
+    cluster bootstrap): each point counts as often as its group was drawn. Runs that share
+    noise, such as WSD branches of one trunk, are then never treated as independent."""
+    if groups is None:
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=n_replicates).astype(float)
+    labels, member_of = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    drawn = rng.multinomial(len(labels), np.full(len(labels), 1.0 / len(labels)), size=n_replicates)
+    return drawn[:, member_of].astype(float)
 
 
 def jsonable(x: Any) -> Any:

@@ -30,7 +30,7 @@ from scaleflow.errors import FitError
 from scaleflow.fit.defaults import HUBER_DELTA
 from scaleflow.fit.doubt import unpinned, with_problems
 from scaleflow.fit.laws import DOUBTFUL, OK, ChinchillaLaw, resample_weights
-from scaleflow.fit.tables import check_table
+from scaleflow.fit.tables import check_table, cluster_labels
 
 TIGHT = {"ftol": 1e-15, "gtol": 1e-12}
 # Epoch AI's start grid, theta order (e, a, b, alpha, beta): 5 x 6 x 6 x 5 x 5 = 4,500 starts.
@@ -290,11 +290,12 @@ def best_refined(seeds, X, logy, delta, w=None, asymmetry: float = 1.0, objectiv
 
 
 def bootstrap_lse(X: np.ndarray, logy: np.ndarray, delta: float, theta_hat: np.ndarray,
-                  n_bootstrap: int, seed: int = 0, asymmetry: float = 1.0) -> np.ndarray:
-    """(n_bootstrap, len(theta)) refits on point-resampled data, all at once (`batched_refine`,
-    stopping when a step gains less than 1e-10 of the loss), each started at theta_hat and at
-    the best coarse VP seed of the whole data; the better of the two is kept per replicate."""
-    weights = resample_weights(np.random.default_rng(seed), len(logy), n_bootstrap).astype(float)
+                  n_bootstrap: int, seed: int = 0, asymmetry: float = 1.0, groups=None) -> np.ndarray:
+    """(n_bootstrap, len(theta)) refits on resampled data (points, or whole `groups`:
+    `resample_weights`), all at once (`batched_refine`, stopping when a step gains less than
+    1e-10 of the loss), each started at theta_hat and at the best coarse VP seed of the whole
+    data; the better of the two is kept per replicate."""
+    weights = resample_weights(np.random.default_rng(seed), len(logy), n_bootstrap, groups)
     if n_bootstrap == 0:
         return np.empty((0, len(theta_hat)))
     starts = np.vstack([theta_hat, vp_seeds(X, logy, delta, None, 12, 1, asymmetry)])
@@ -342,7 +343,9 @@ class ParametricFitter:
     multiplies the loss of every run the model over-estimates (log L_pred > log L_obs, the
     curve ABOVE the run): W > 1 makes the fit hug the best runs (a lower envelope), so badly
     tuned runs, whose loss is too high, pull it up less. In the Huber loss's linear region
-    about 1/(1 + W) of the runs end up below the curve.
+    about 1/(1 + W) of the runs end up below the curve. `cluster` names a column whose runs
+    the bootstrap draws together (e.g. `trunk`: branches of one trunk share its noise); None
+    draws each run alone.
     """
 
     huber_delta: float = HUBER_DELTA
@@ -350,6 +353,7 @@ class ParametricFitter:
     seed: int = 0
     flops_per_param_token: float = 6.0
     asymmetry: float = 1.0
+    cluster: str | None = None
 
     def fit(self, df) -> ChinchillaLaw:
         check_table(df, ("params", "tokens", "loss"), 6, "approach 3 (5 parameters)")
@@ -358,7 +362,8 @@ class ParametricFitter:
         X = np.log(np.column_stack([df["params"], df["tokens"]]).astype(float))
         logy = np.log(np.asarray(df["loss"], float))
         res = fit_lse(X, logy, self.huber_delta, asymmetry=self.asymmetry)
-        samples = bootstrap_lse(X, logy, self.huber_delta, res.x, self.n_bootstrap, self.seed, self.asymmetry)
+        groups = cluster_labels(df, self.cluster)
+        samples = bootstrap_lse(X, logy, self.huber_delta, res.x, self.n_bootstrap, self.seed, self.asymmetry, groups)
         status, message = theta_status(res, res.x[3:], X)
         law = ChinchillaLaw(
             E=math.exp(res.x[0]), A=math.exp(res.x[1]), B=math.exp(res.x[2]), alpha=res.x[3], beta=res.x[4],

@@ -19,7 +19,7 @@ import numpy as np
 
 from scaleflow.errors import FitError
 from scaleflow.fit.tables import check_table, numeric_column
-from scaleflow.fit.types import PARAM_COUNTS, SIX_ND, FitData, FitOptions
+from scaleflow.fit.types import PARAM_COUNTS, RESAMPLE_UNITS, SIX_ND, FitData, FitOptions
 
 
 def load_source(source: str | Path, kind: str | None = None):
@@ -80,6 +80,27 @@ def _derive(df, notes: list[str]):
         check_table(df, ("tokens", "params"), 1, "deriving flops")
         df = df.assign(flops=6.0 * df["params"] * df["tokens"])
         notes.append("no flops column: flops = 6 params tokens")
+    return df
+
+
+def _trunk_column(df, resample: str, notes: list[str]):
+    """Add `trunk` (the run each row branched off, else its own run) where the table says
+    which runs are branches (`parent`); note when branches share trunks but runs are resampled
+    as independent. `resample`: runs or trunks (FitOptions.resample)."""
+    if resample not in RESAMPLE_UNITS:
+        raise FitError(f"--resample must be one of {', '.join(RESAMPLE_UNITS)}; got {resample!r}")
+    if "trunk" not in df.columns and "parent" in df.columns:
+        own = df["run_id"] if "run_id" in df.columns else df.index.astype(str).to_series(index=df.index)
+        df = df.assign(trunk=df["parent"].where(df["parent"].notna(), own))
+    if resample == "trunks" and "trunk" not in df.columns:
+        raise FitError("--resample trunks needs each run's trunk: a study directory's branches name theirs; "
+                       "a table needs a parent or trunk column (--col trunk=COLUMN)")
+    if resample == "runs" and "trunk" in df.columns:
+        sizes = df["trunk"].value_counts()
+        if (sizes > 1).any():
+            notes.append(f"{int(sizes[sizes > 1].sum())} runs branch off {int((sizes > 1).sum())} shared trunks: "
+                         "intervals resample runs as independent, which understates them as far as branches share "
+                         "their trunk's noise; --resample trunks draws whole trunks (approaches 2 and 3)")
     return df
 
 
@@ -154,6 +175,6 @@ def prepare(runs, options: FitOptions, notes: tuple[str, ...] = (), history=None
     if not len(df):
         raise FitError("no runs left to fit (after dropping diverged runs and applying --where)")
     counted = "flops" in df.columns
-    df = _derive(df.reset_index(drop=True), notes_l)
+    df = _trunk_column(_derive(df.reset_index(drop=True), notes_l), options.resample, notes_l)
     flops = flop_definition(df, notes_l) if counted and {"params", "tokens"} <= set(df.columns) else dict(SIX_ND)
     return FitData(df, final_point_curves(df), tuple(notes_l), excluded, history, flops)

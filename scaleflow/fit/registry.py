@@ -31,14 +31,19 @@ def _approach3(data: FitData, o: FitOptions):
 
     return ParametricFitter(huber_delta=o.huber_delta, n_bootstrap=o.n_bootstrap, seed=o.seed,
                             flops_per_param_token=data.flops["flops_per_param_token"],
-                            asymmetry=o.asymmetry).fit(data.table)
+                            asymmetry=o.asymmetry, cluster=_cluster(o)).fit(data.table)
 
 
 def _approach2(data: FitData, o: FitOptions):
     from scaleflow.fit.isoflop import IsoFlopFitter
 
     return IsoFlopFitter(rtol=o.budget_rtol, n_bootstrap=o.n_bootstrap, seed=o.seed,
-                         huber_delta=o.huber_delta).fit(data.table)
+                         huber_delta=o.huber_delta, cluster=_cluster(o)).fit(data.table)
+
+
+def _cluster(o: FitOptions) -> str | None:
+    """The column approaches 2 and 3 resample by (`prepare` adds `trunk`); None: each run."""
+    return "trunk" if o.resample == "trunks" else None
 
 
 def _approach1(data: FitData, o: FitOptions):

@@ -38,3 +38,15 @@ def check_table(df: Any, columns: tuple[str, ...] | list[str], min_rows: int, wh
             raise FitError(f"column {c!r} has {bad} non-positive or missing value(s); fix or filter them (--where)")
     if len(df) < min_rows:
         raise FitError(f"{what} needs at least {min_rows} points; got {len(df)}")
+
+
+def cluster_labels(df: Any, column: str | None) -> np.ndarray | None:
+    """df[column] as text labels, the units a cluster bootstrap draws (None: no column, no
+    clusters); FitError if the column is missing or has gaps."""
+    if column is None:
+        return None
+    require_columns(df, (column,), f"resampling by {column!r}")
+    missing = int(df[column].isna().sum())
+    if missing:
+        raise FitError(f"column {column!r} has {missing} missing value(s): each run needs one to be resampled by")
+    return df[column].astype(str).to_numpy()

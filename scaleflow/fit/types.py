@@ -13,6 +13,7 @@ from scaleflow.fit.defaults import HUBER_DELTA, N_BOOTSTRAP
 from scaleflow.fit.laws import jsonable
 
 PARAM_COUNTS = ("non_embedding", "with_head", "total")
+RESAMPLE_UNITS = ("runs", "trunks")  # what the chinchilla bootstraps draw: each run, or whole trunks
 SIX_ND = {"definition": "6 N D (the table has no flops column)", "flops_per_param_token": 6.0, "spread": 0.0}
 
 
@@ -41,6 +42,7 @@ class FitOptions:
     holdout_runs: tuple[str, ...] = ()  # loss-curve: run ids left out of the fit and predicted
     predict_schedules: tuple[str, ...] = ()  # loss-curve: schedules to predict (fit.loss_curve.SCHEDULE_SYNTAX)
     curve_loss: str = "train_loss"  # loss-curve: the history's train_loss or val_loss
+    resample: str = "runs"  # approaches 2, 3: the bootstrap's unit (RESAMPLE_UNITS); trunks: a cluster bootstrap
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,6 +82,8 @@ class FitRun:
         }
         if o.asymmetry != 1.0:
             out["asymmetry"] = o.asymmetry
+        if o.resample != "runs":
+            out["resample"] = o.resample
         if o.versus:
             out["versus"] = o.versus
         if self.agreement is not None:

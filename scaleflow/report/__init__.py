@@ -89,7 +89,8 @@ def markdown(d: dict[str, Any], images: list[str], command: str = "") -> str:
         s += [f"Command: `{command}`", ""]
     if disagreement(d):
         s += ["## Warning: the approaches disagree", "", disagreement(d), ""]
-    s += [f"Law `{d['law']}` on {d['n_points']} runs; {d['n_bootstrap']} bootstrap replicates; "
+    drawn = " (whole trunks resampled)" if d.get("resample") == "trunks" else ""
+    s += [f"Law `{d['law']}` on {d['n_points']} runs; {d['n_bootstrap']} bootstrap replicates{drawn}; "
           "intervals are 95% percentile bootstrap intervals.", f"FLOPs: {flops_line(d)}.", ""]
     s += [f"- {w}" for w in warnings_of(d)]
     for sec in sections(d):
