@@ -104,3 +104,41 @@ def test_cli_errors_are_one_line_exit_2(study, tmp_path):
     assert r.returncode == 2 and "study directory" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_cli("fit", str(study), "--law", "loss-curve", "--holdout", "f000000009")
     assert r.returncode == 2 and "--holdout" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def drifting(root: Path, seed: int, sigma: float = 0.01, rho: float = 0.9) -> Path:
+    """make_study with each run's train_loss times exp(AR(1) noise): sd sigma, correlation rho
+    from one logged point to the next (a drift over ~10 points, as data order gives)."""
+    make_study(root)
+    rng = np.random.default_rng(seed)
+    for run in sorted(root.iterdir()):
+        lines, noise = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()], 0.0
+        for line in lines:
+            noise = rho * noise + np.sqrt(1 - rho**2) * rng.normal(0.0, sigma)
+            line["train_loss"] *= float(np.exp(noise))
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return root
+
+
+def test_intervals_cover_the_true_law_when_the_noise_drifts(tmp_path):
+    covered = []  # per study and parameter: whether the 95% interval holds the true value
+    for seed in range(6):
+        study_dir = drifting(tmp_path / str(seed), seed)
+        d = loss_curve(study_dir, holdout_runs=("e000000001",), n_bootstrap=60, huber_delta=0.01).to_dict()
+        covered += [d["ci"][k][0] <= true <= d["ci"][k][1] for k, true in zip(("L0", "A", "alpha", "C"), TRUE)]
+        lo, hi = d["holdout_runs"][0]["predicted_final_ci"]
+        assert lo <= d["holdout_runs"][0]["predicted_final"] <= hi
+    # Here 19 of 24; resampling points one by one (BLOCKS = every point), 11: too narrow.
+    assert sum(covered) >= 0.7 * len(covered)
+
+
+def test_noiseless_intervals_are_tight_and_in_the_report(study, tmp_path):
+    res = loss_curve(study, holdout_runs=("e000000001",), predict_schedules=("cosine:steps=800",), n_bootstrap=30)
+    d = res.to_dict()
+    for k, true in zip(("L0", "A", "alpha", "C"), TRUE):
+        lo, hi = d["ci"][k]
+        assert lo <= true * 1.02 and hi >= true * 0.98 and hi - lo < 0.05 * true
+    assert d["predictions"][0]["predicted_final_ci"][0] <= d["predictions"][0]["predicted_final"]
+    r = run_cli("fit", str(study), "--law", "loss-curve", "--bootstrap", "20", "--out", str(tmp_path / "fit"))
+    assert r.returncode == 0, r.stderr
+    assert "95% CI" in (tmp_path / "fit" / "report.md").read_text()

@@ -15,6 +15,11 @@ Fit: points after the warmup of a few runs of ONE model size, Huber loss (delta:
 of log L_pred - log L_obs, summed; seeded by a grid over alpha with (L0, A, C) by least squares,
 then L-BFGS-B on all four. The law then predicts the curve of another schedule
 (`parse_schedule`) or of held-out runs.
+
+Intervals: a block bootstrap. A curve's points are not independent (a run's noise drifts
+along it), so each run's points are cut into BLOCKS blocks of consecutive steps and whole
+blocks are resampled (as critical-batch does); each replicate is refitted from the fit's
+parameters. 95% percentile intervals for the parameters and every predicted final loss.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from typing import Any
 import numpy as np
 
 from scaleflow.errors import FitError
-from scaleflow.fit.laws import OK, jsonable
+from scaleflow.fit.laws import OK, jsonable, percentile_interval, resample_weights
 
 LAMBDA = 0.999
+BLOCKS = 5  # blocks of consecutive points per run, the bootstrap's unit (a WSD decay: about one)
+PARAMS = ("L0", "A", "alpha", "C")
 LOSS_KEYS = ("train_loss", "val_loss")
 SCHEDULE_KEYS = {"warmup_steps": int, "decay_fraction": float, "decay_shape": str, "final_lr_fraction": float,
                  "lr": float, "steps": int}
@@ -110,8 +117,15 @@ class LossCurveResult:
     fitted: list[Curve]
     held_out: list[Curve]
     predicted: list[tuple[str, Curve]]
+    samples: np.ndarray = field(default_factory=lambda: np.empty((0, 4)))  # bootstrap (L0, A, alpha, C) rows
     status: str = OK
     message: str = ""
+
+    def _interval(self, value) -> list[float] | None:
+        """95% interval of value(theta) over the bootstrap replicates; None without them."""
+        if not len(self.samples):
+            return None
+        return percentile_interval(np.array([value(tuple(t)) for t in self.samples])).tolist()
 
     def rows(self, curves: list[Curve]) -> list[dict[str, Any]]:
         out = []
@@ -119,6 +133,7 @@ class LossCurveResult:
             pred, meas = c.final(self.theta, self.loss_key)
             fit = c.predict(self.theta, c.updates)
             out.append({"run_id": c.run_id, "schedule": c.label, "steps": c.steps, "predicted_final": pred,
+                        "predicted_final_ci": self._interval(lambda t, c=c: c.final(t, self.loss_key)[0]),
                         "measured_final": meas, "rel_error": pred / meas - 1,
                         "curve_rel_rmse": float(np.sqrt(np.mean((fit / c.loss - 1) ** 2)))})
         return out
@@ -127,8 +142,11 @@ class LossCurveResult:
         L0, A, alpha, C = self.theta
         d = {"L0": L0, "A": A, "alpha": alpha, "C": C, "lam": self.lam, "loss_key": self.loss_key,
              "params": self.params, "huber_loss": self.huber_loss, "n_points": self.n_points,
+             "n_bootstrap": len(self.samples), "resampled": f"{BLOCKS} blocks of consecutive steps per run",
+             "ci": {name: self._interval(lambda t, i=i: t[i]) for i, name in enumerate(PARAMS)},
              "fit_runs": self.rows(self.fitted), "holdout_runs": self.rows(self.held_out),
-             "predictions": [{"schedule": spec, "steps": c.steps, "predicted_final": float(c.predict(self.theta)[-1])}
+             "predictions": [{"schedule": spec, "steps": c.steps, "predicted_final": float(c.predict(self.theta)[-1]),
+                              "predicted_final_ci": self._interval(lambda t, c=c: float(c.predict(t)[-1]))}
                              for spec, c in self.predicted], "status": self.status, "message": self.message}
         if include_samples:
             for c, row in zip(self.predicted, d["predictions"]):
@@ -142,18 +160,28 @@ def _huber(r: np.ndarray, delta: float) -> np.ndarray:
     return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
 
 
-def fit_points(S1, S2, y, delta: float) -> tuple[tuple[float, ...], float]:
-    """(L0, A, alpha, C) minimising the summed Huber loss of log L_pred - log y."""
-    from scipy.optimize import minimize
+BOUNDS = [(None, None), (-50, 50), (1e-3, 5.0), (None, None)]  # L0, ln A, alpha, C
 
+
+def _objective(S1, S2, y, delta: float, w=None):
+    """The summed Huber loss of log L_pred - log y at p = (L0, ln A, alpha, C), each point's
+    weighted by `w` (bootstrap counts) if given."""
     logy = np.log(y)
 
     def objective(p):
         pred = law((p[0], math.exp(p[1]), p[2], p[3]), S1, S2)
         if not np.all(pred > 0):
             return 1e6
-        return float(_huber(np.log(pred) - logy, delta).sum())
+        h = _huber(np.log(pred) - logy, delta)
+        return float(h.sum() if w is None else h @ w)
+    return objective
 
+
+def fit_points(S1, S2, y, delta: float) -> tuple[tuple[float, ...], float]:
+    """(L0, A, alpha, C) minimising the summed Huber loss of log L_pred - log y."""
+    from scipy.optimize import minimize
+
+    objective = _objective(S1, S2, y, delta)
     starts = []
     for alpha in np.linspace(0.02, 2.0, 60):
         X = np.column_stack([np.ones_like(S1), S1 ** -alpha, -S2])
@@ -166,12 +194,27 @@ def fit_points(S1, S2, y, delta: float) -> tuple[tuple[float, ...], float]:
     starts.sort(key=lambda t: t[0])
     best = None
     for _, p0 in starts[:4]:
-        r = minimize(objective, p0, method="L-BFGS-B", bounds=[(None, None), (-50, 50), (1e-3, 5.0), (None, None)],
+        r = minimize(objective, p0, method="L-BFGS-B", bounds=BOUNDS,
                      options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000})
         if best is None or r.fun < best.fun:
             best = r
     p = best.x
     return (float(p[0]), math.exp(p[1]), float(p[2]), float(p[3])), float(best.fun)
+
+
+def bootstrap_points(S1, S2, y, delta: float, theta, blocks, n_bootstrap: int, seed: int) -> np.ndarray:
+    """(n_bootstrap, 4) refits of (L0, A, alpha, C), whole `blocks` (a label per point)
+    resampled, each started at the fit's `theta`."""
+    from scipy.optimize import minimize
+
+    weights = resample_weights(np.random.default_rng(seed), len(y), n_bootstrap, blocks)
+    start = np.array([theta[0], math.log(theta[1]), theta[2], theta[3]])
+    out = np.empty((n_bootstrap, 4))
+    for i, w in enumerate(weights):
+        p = minimize(_objective(S1, S2, y, delta, w), start, method="L-BFGS-B", bounds=BOUNDS,
+                     options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000}).x
+        out[i] = p[0], math.exp(p[1]), p[2], p[3]
+    return out
 
 
 def parse_schedule(spec: str, base) -> tuple[str, Any]:
@@ -248,10 +291,12 @@ def _runs(study_dir: Path, where: str | None):
 
 
 def fit_loss_curve(study_dir, history, *, holdout=(), schedules=(), loss_key: str = "train_loss",
-                   where: str | None = None, huber_delta: float = 1e-3, lam: float = LAMBDA) -> LossCurveResult:
+                   where: str | None = None, huber_delta: float = 1e-3, lam: float = LAMBDA,
+                   n_bootstrap: int = 0, seed: int = 0) -> LossCurveResult:
     """Fit the law on the finished runs of `study_dir` (one model size; `where`: a pandas query on
     run_id, kind, params, schedule, steps, lr, decay_fraction, decay_shape) less `holdout`;
-    predict the held-out runs and each schedule spec of `schedules`."""
+    predict the held-out runs and each schedule spec of `schedules`; `n_bootstrap` block
+    bootstrap replicates give the intervals."""
     if loss_key not in LOSS_KEYS:
         raise FitError(f"--curve-loss is train_loss or val_loss; got {loss_key!r}")
     if history is None or not len(history):
@@ -289,6 +334,9 @@ def fit_loss_curve(study_dir, history, *, holdout=(), schedules=(), loss_key: st
     if not np.all(np.isfinite(y) & (y > 0)):
         raise FitError(f"loss-curve: the {loss_key} history holds non-finite or non-positive losses")
     theta, objective = fit_points(S1, S2, y, huber_delta)
+    blocks = np.concatenate([[f"{c.run_id}/{b}" for b in np.arange(len(c.loss)) * BLOCKS // len(c.loss)]
+                             for c in fitted])
+    samples = bootstrap_points(S1, S2, y, huber_delta, theta, blocks, n_bootstrap, seed)
     base = configs[fitted[0].run_id]
     predicted = []
     for spec in schedules:
@@ -297,4 +345,4 @@ def fit_loss_curve(study_dir, history, *, holdout=(), schedules=(), loss_key: st
         s1, s2 = areas(lrs, warmup, lam)
         predicted.append((spec, Curve("-", label_of(cfg), len(lrs), s1, s2, warmup)))
     return LossCurveResult(theta, lam, loss_key, sizes[0] if sizes else math.nan, objective, len(y), fitted,
-                           [curves[h] for h in holdout if h in curves], predicted)
+                           [curves[h] for h in holdout if h in curves], predicted, samples)

@@ -156,7 +156,7 @@ def _loss_curve(data: FitData, o: FitOptions) -> dict[str, Any]:
                        "not a table")
     return {"loss_curve": fit_loss_curve(o.study_dir, data.history, holdout=o.holdout_runs,
                                          schedules=o.predict_schedules, loss_key=o.curve_loss, where=o.where,
-                                         huber_delta=o.huber_delta)}
+                                         huber_delta=o.huber_delta, n_bootstrap=o.n_bootstrap, seed=o.seed)}
 
 
 LAWS: dict[str, LawEntry] = {

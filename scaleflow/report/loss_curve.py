@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from scaleflow.fit.types import FitRun
-from scaleflow.report.format import Section, save_figure
+from scaleflow.report.format import Section, fmt_ci, save_figure
 
 RESULTS = ("loss_curve",)
 
@@ -43,17 +43,20 @@ def sections(d: dict[str, Any]) -> list[Section]:
     r = d.get("loss_curve")
     if not r:
         return []
-    law = Section("Loss curve law (Tissue et al. 2024)", ["L0", "A", "alpha", "C", "lambda", "loss", "N", "points"],
-                  [[r["L0"], r["A"], r["alpha"], r["C"], r["lam"], r["loss_key"], r["params"], r["n_points"]]],
-                  "L(s) = L0 + A S1^-alpha - C S2; S1: sum of the LRs, S2: momentum-weighted LR decreases")
-    runs = [["fit", x["run_id"], x["schedule"], x["predicted_final"], x["measured_final"], x["rel_error"],
-             x["curve_rel_rmse"]] for x in r["fit_runs"]]
-    runs += [["held out", x["run_id"], x["schedule"], x["predicted_final"], x["measured_final"], x["rel_error"],
-              x["curve_rel_rmse"]] for x in r["holdout_runs"]]
-    out = [law, Section("Loss curve: final loss per run", ["role", "run", "schedule", "predicted", "measured",
-                                                           "rel. error", "curve rel. RMSE"], runs,
+    ci = r.get("ci") or {}
+    law = Section("Loss curve law (Tissue et al. 2024)", ["", "L0", "A", "alpha", "C", "lambda", "loss", "N", "points"],
+                  [["value", r["L0"], r["A"], r["alpha"], r["C"], r["lam"], r["loss_key"], r["params"], r["n_points"]],
+                   ["95% CI", *(fmt_ci(ci.get(k)) for k in ("L0", "A", "alpha", "C")), "", "", "", ""]],
+                  "L(s) = L0 + A S1^-alpha - C S2; S1: sum of the LRs, S2: momentum-weighted LR decreases; "
+                  f"intervals: {r.get('n_bootstrap', 0)} bootstrap replicates, {r.get('resampled', '')}")
+    runs = [[role, x["run_id"], x["schedule"], x["predicted_final"], fmt_ci(x.get("predicted_final_ci")),
+             x["measured_final"], x["rel_error"], x["curve_rel_rmse"]]
+            for role, key in (("fit", "fit_runs"), ("held out", "holdout_runs")) for x in r[key]]
+    out = [law, Section("Loss curve: final loss per run", ["role", "run", "schedule", "predicted", "95% CI",
+                                                           "measured", "rel. error", "curve rel. RMSE"], runs,
                         "final: mean of the last 3 logged points (train_loss) or the last point (val_loss)")]
     if r["predictions"]:
-        out.append(Section("Loss curve: predicted schedules", ["schedule", "steps", "final loss"],
-                           [[p["schedule"], p["steps"], p["predicted_final"]] for p in r["predictions"]]))
+        out.append(Section("Loss curve: predicted schedules", ["schedule", "steps", "final loss", "95% CI"],
+                           [[p["schedule"], p["steps"], p["predicted_final"], fmt_ci(p.get("predicted_final_ci"))]
+                            for p in r["predictions"]]))
     return out
