@@ -240,11 +240,10 @@ class CriticalBatchFitter:
                            f"{L.max():.4g})")
         k, e = loglinear(L, Bn)
         runs = np.unique(run)
-        blocks, idx = np.unique(np.asarray(block), return_inverse=True)
-        resampled = f"{len(blocks)} blocks of {self.block_steps} steps"
+        resampled = f"{len(set(block))} blocks of {self.block_steps} steps"
         samples = np.empty((0, 2))
         if self.n_bootstrap:
-            W = resample_weights(np.random.default_rng(self.seed), len(blocks), self.n_bootstrap)[:, idx]
+            W = resample_weights(np.random.default_rng(self.seed), len(L), self.n_bootstrap, block)
             kb, eb = loglinear(L, Bn, W)
             with np.errstate(divide="ignore"):
                 samples = np.column_stack([kb, -1.0 / eb])

@@ -161,6 +161,7 @@ def _huber(r: np.ndarray, delta: float) -> np.ndarray:
 
 
 BOUNDS = [(None, None), (-50, 50), (1e-3, 5.0), (None, None)]  # L0, ln A, alpha, C
+TIGHT = {"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000}  # L-BFGS-B's options, fit and bootstrap alike
 
 
 def _objective(S1, S2, y, delta: float, w=None):
@@ -194,8 +195,7 @@ def fit_points(S1, S2, y, delta: float) -> tuple[tuple[float, ...], float]:
     starts.sort(key=lambda t: t[0])
     best = None
     for _, p0 in starts[:4]:
-        r = minimize(objective, p0, method="L-BFGS-B", bounds=BOUNDS,
-                     options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000})
+        r = minimize(objective, p0, method="L-BFGS-B", bounds=BOUNDS, options=TIGHT)
         if best is None or r.fun < best.fun:
             best = r
     p = best.x
@@ -211,8 +211,7 @@ def bootstrap_points(S1, S2, y, delta: float, theta, blocks, n_bootstrap: int, s
     start = np.array([theta[0], math.log(theta[1]), theta[2], theta[3]])
     out = np.empty((n_bootstrap, 4))
     for i, w in enumerate(weights):
-        p = minimize(_objective(S1, S2, y, delta, w), start, method="L-BFGS-B", bounds=BOUNDS,
-                     options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000}).x
+        p = minimize(_objective(S1, S2, y, delta, w), start, method="L-BFGS-B", bounds=BOUNDS, options=TIGHT).x
         out[i] = p[0], math.exp(p[1]), p[2], p[3]
     return out
 
